@@ -1,0 +1,460 @@
+/* match gallery: dense known vectors, search against a brute-force scalar
+ * scan on random galleries (ties, tombstones, upserts, threshold, k larger
+ * than the gallery, probe batches over one block, multithreaded pool, every
+ * SIMD level), version pinning while another thread updates, NaN/Inf/zero
+ * rejection, verify, and the pool and top-k helpers. */
+#include "testutil.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "match/cpu.h"
+#include "match/gallery.h"
+#include "match/internal.h"
+#include "match/pool.h"
+#include "match/topk.h"
+
+static uint64_t rng = 777;
+static float frand(void)
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static struct bm_spec dense_spec(uint32_t dim, enum bm_dtype t)
+{
+    struct bm_spec s;
+    bm_spec_default(&s, BM_MODALITY_DENSE);
+    s.dim = dim;
+    s.dtype = t;
+    return s;
+}
+
+static void test_known_vectors(void **state)
+{
+    (void)state;
+    char err[256];
+    for (int t = BM_DTYPE_F32; t <= BM_DTYPE_INT8; t++) {
+        struct bm_spec s = dense_spec(64, (enum bm_dtype)t);
+        float v[3][64] = {{0}};
+        v[0][0] = 3;              /* e0 (not normalised on input) */
+        v[1][1] = 1;              /* e1 */
+        v[2][0] = 1;
+        v[2][1] = 1;              /* (e0 + e1) / sqrt 2 */
+        struct bm_segment *seg = bm_segment_new(&s, 7, 3, err, sizeof err);
+        assert_non_null(seg);
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(bm_segment_add_dense(seg, (uint64_t)i + 10, v[i], err, sizeof err), BM_OK);
+        float extra[64] = {0};
+        assert_int_equal(bm_segment_add_dense(seg, 99, v[0], err, sizeof err), BM_ERANGE);
+        (void)extra;
+        struct bm_gallery *g = bm_gallery_new(&s, NULL, err, sizeof err);
+        assert_non_null(g);
+        assert_int_equal(bm_gallery_update(g, &seg, 1, NULL, 0, NULL, 0, err, sizeof err), BM_OK);
+        float p[64] = {0};
+        p[0] = 0.5f;
+        struct bm_probe pr = {.dense = p};
+        struct bm_candidate out[5];
+        assert_int_equal(bm_gallery_search(g, &pr, 1, 5, -INFINITY, out, NULL, err, sizeof err), BM_OK);
+        double tol = t == BM_DTYPE_F32 ? 1e-6 : t == BM_DTYPE_F16 ? 1e-3 : 1e-2;
+        assert_int_equal(out[0].id, 10);
+        assert_true(fabs(out[0].score - 1.0) < tol);
+        assert_int_equal(out[1].id, 12);
+        assert_true(fabs(out[1].score - 0.70710678) < tol);
+        assert_int_equal(out[2].id, 11);
+        assert_true(fabs(out[2].score) < tol);
+        assert_int_equal(out[3].id, BM_NO_ID);
+        assert_true(out[3].score == -INFINITY);
+        /* Threshold 0.5 keeps two. */
+        assert_int_equal(bm_gallery_search(g, &pr, 1, 5, 0.5f, out, NULL, err, sizeof err), BM_OK);
+        assert_int_equal(out[1].id, 12);
+        assert_int_equal(out[2].id, BM_NO_ID);
+        bm_gallery_free(g);
+    }
+}
+
+static void test_rejects(void **state)
+{
+    (void)state;
+    char err[256];
+    struct bm_spec s = dense_spec(64, BM_DTYPE_F32);
+    struct bm_segment *seg = bm_segment_new(&s, 1, 4, err, sizeof err);
+    float v[64] = {0};
+    assert_int_equal(bm_segment_add_dense(seg, 1, v, err, sizeof err), BM_EINVAL); /* zero */
+    v[3] = NAN;
+    assert_int_equal(bm_segment_add_dense(seg, 1, v, err, sizeof err), BM_EINVAL);
+    v[3] = INFINITY;
+    assert_int_equal(bm_segment_add_dense(seg, 1, v, err, sizeof err), BM_EINVAL);
+    v[3] = 1e30f; /* finite, but the squared norm is not representable in float */
+    assert_int_equal(bm_segment_add_dense(seg, 1, v, err, sizeof err), BM_OK);
+    v[3] = 1;
+    assert_int_equal(bm_segment_add_dense(seg, BM_NO_ID, v, err, sizeof err), BM_EINVAL);
+    assert_int_equal(bm_segment_count(seg), 1);
+    struct bm_gallery *g = bm_gallery_new(&s, NULL, err, sizeof err);
+    assert_int_equal(bm_gallery_update(g, &seg, 1, NULL, 0, NULL, 0, err, sizeof err), BM_OK);
+    float z[64] = {0}, n[64] = {0};
+    n[5] = NAN;
+    struct bm_probe probes[2] = {{.dense = v}, {.dense = z}};
+    struct bm_candidate out[2] = {{42, 1.0f}, {42, 1.0f}};
+    assert_int_equal(bm_gallery_search(g, probes, 2, 1, -INFINITY, out, NULL, err, sizeof err), BM_EINVAL);
+    assert_int_equal(out[0].id, 42); /* untouched */
+    assert_int_equal(out[1].id, 42);
+    probes[1].dense = n;
+    assert_int_equal(bm_gallery_search(g, probes, 2, 1, -INFINITY, out, NULL, err, sizeof err), BM_EINVAL);
+    float sc;
+    assert_int_equal(bm_gallery_verify(g, &probes[1], 1, &sc, err, sizeof err), BM_EINVAL);
+    assert_int_equal(bm_gallery_verify(g, &probes[0], 1, &sc, err, sizeof err), BM_OK);
+    assert_int_equal(bm_gallery_verify(g, &probes[0], 2, &sc, err, sizeof err), BM_ENOTFOUND);
+    /* A segment of another spec is refused and stays the caller's. */
+    struct bm_spec s2 = dense_spec(128, BM_DTYPE_F32);
+    struct bm_segment *other = bm_segment_new(&s2, 2, 1, err, sizeof err);
+    assert_int_equal(bm_gallery_update(g, &other, 1, NULL, 0, NULL, 0, err, sizeof err), BM_EINVAL);
+    bm_segment_free(other);
+    s.dim = 63;
+    assert_int_equal(bm_spec_validate(&s, err, sizeof err), BM_EINVAL);
+    bm_gallery_free(g);
+}
+
+/* Brute force with the scalar kernels, the definition of the ranking. */
+static void brute(struct bm_gallery *g, struct bm_segment **segs, size_t nseg,
+                  const uint64_t *tomb, size_t ntomb, const struct bm_probe *p, size_t np,
+                  size_t k, float thr, struct bm_candidate *out)
+{
+    struct bm_dense_probes dp;
+    char err[128];
+    assert_int_equal(bm_dense_probes_prepare(bm_gallery_spec(g), p, np, &dp, err, sizeof err), BM_OK);
+    /* Dead rows: tombstoned ids, and rows shadowed by a later row of the
+     * same id (computed once, quadratic but independent of the library). */
+    size_t total = 0;
+    for (size_t s = 0; s < nseg; s++)
+        total += segs[s]->count;
+    uint64_t *ids = malloc(total * sizeof *ids);
+    char *dead = calloc(total, 1);
+    size_t at = 0;
+    for (size_t s = 0; s < nseg; s++)
+        for (size_t r = 0; r < segs[s]->count; r++)
+            ids[at++] = segs[s]->ids[r];
+    for (size_t x = 0; x < total; x++) {
+        for (size_t t = 0; t < ntomb; t++)
+            dead[x] |= tomb[t] == ids[x];
+        for (size_t y = x + 1; y < total && !dead[x]; y++)
+            dead[x] |= ids[y] == ids[x];
+    }
+    for (size_t i = 0; i < np; i++) {
+        struct bm_topk h;
+        bm_topk_init(&h, out + i * k, k);
+        at = 0;
+        for (size_t s = 0; s < nseg; s++)
+            for (size_t r = 0; r < segs[s]->count; r++, at++) {
+                if (dead[at])
+                    continue;
+                float sc = bm_dense_score_one(&bm_kernels_scalar, &dp, i, segs[s], r);
+                if (sc >= thr)
+                    bm_topk_push(&h, segs[s]->ids[r], sc);
+            }
+        bm_topk_finish(&h, out + i * k);
+    }
+    free(ids);
+    free(dead);
+    bm_dense_probes_free(&dp);
+}
+
+static void compare(const struct bm_candidate *got, const struct bm_candidate *want, size_t n,
+                    size_t k, int exact)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (exact) {
+            if (got[i].id != want[i].id || !(got[i].score == want[i].score)) {
+                print_error("rank %zu: got %llu %.9g want %llu %.9g\n", i,
+                            (unsigned long long)got[i].id, (double)got[i].score,
+                            (unsigned long long)want[i].id, (double)want[i].score);
+                fail();
+            }
+        } else {
+            if (want[i].id == BM_NO_ID) {
+                assert_int_equal(got[i].id, BM_NO_ID);
+                continue;
+            }
+            assert_true(fabsf(got[i].score - want[i].score) <= 1e-5f);
+        }
+        if (i % k != 0 && got[i].id != BM_NO_ID)
+            assert_true(got[i - 1].score > got[i].score ||
+                        (got[i - 1].score == got[i].score && got[i - 1].id < got[i].id));
+    }
+}
+
+static void test_search_vs_brute(void **state)
+{
+    (void)state;
+    char err[256];
+    struct bm_pool *pool = bm_pool_new(3, err, sizeof err);
+    assert_non_null(pool);
+    static const uint32_t dims[] = {64, 100, 512};
+    for (size_t di = 0; di < 3; di++)
+        for (int t = BM_DTYPE_F32; t <= BM_DTYPE_INT8; t++) {
+            uint32_t dim = dims[di];
+            struct bm_spec s = dense_spec(dim, (enum bm_dtype)t);
+            size_t counts[3] = {5000, 1234, 7};
+            struct bm_segment *segs[3];
+            float *v = malloc(dim * sizeof *v), *first = malloc(dim * sizeof *v);
+            uint64_t id = 1000;
+            for (size_t i = 0; i < 3; i++) {
+                segs[i] = bm_segment_new(&s, i + 1, counts[i], err, sizeof err);
+                assert_non_null(segs[i]);
+                for (size_t r = 0; r < counts[i]; r++) {
+                    for (uint32_t j = 0; j < dim; j++)
+                        v[j] = frand();
+                    if (i == 0 && r == 0)
+                        memcpy(first, v, dim * sizeof *v);
+                    /* Exact duplicates of the first vector: ties. */
+                    const float *use = (r % 97 == 0) ? first : v;
+                    /* Descending ids within a tie group exercise "lower id first". */
+                    uint64_t rid = (r % 97 == 0) ? 900 - r / 97 - 60 * i : id++;
+                    if (i == 2 && r == 3)
+                        rid = 1005; /* upsert: shadows id 1005 of segment 1 */
+                    assert_int_equal(bm_segment_add_dense(segs[i], rid, use, err, sizeof err), BM_OK);
+                }
+            }
+            uint64_t tomb[] = {1001, 1010, 899, 123456789};
+            struct bm_gallery *g = bm_gallery_new(&s, pool, err, sizeof err);
+            assert_int_equal(bm_gallery_update(g, segs, 3, NULL, 0, tomb, 4, err, sizeof err), BM_OK);
+            enum { NP = 70 };
+            float *pv = malloc(NP * dim * sizeof *pv);
+            struct bm_probe probes[NP];
+            for (size_t i = 0; i < NP; i++) {
+                for (uint32_t j = 0; j < dim; j++)
+                    pv[i * dim + j] = frand();
+                if (i % 5 == 0)
+                    memcpy(pv + i * dim, first, dim * sizeof *pv);
+                probes[i].dense = pv + i * dim;
+            }
+            size_t ks[] = {1, 10, 7000};
+            for (int l = BM_SIMD_SCALAR; l <= BM_SIMD_AVX512; l++) {
+                if (bm_simd_force((enum bm_simd)l) != BM_OK)
+                    continue;
+                for (size_t ki = 0; ki < 3; ki++) {
+                    size_t k = ks[ki];
+                    size_t np = ki == 2 ? 3 : NP;
+                    float thr = ki == 1 ? 0.05f : -INFINITY;
+                    struct bm_candidate *got = malloc(np * k * sizeof *got);
+                    struct bm_candidate *want = malloc(np * k * sizeof *want);
+                    uint64_t cmp = 0;
+                    assert_int_equal(bm_gallery_search(g, probes, np, k, thr, got, &cmp, err, sizeof err), BM_OK);
+                    assert_int_equal(cmp, (uint64_t)np * (5000 + 1234 + 7));
+                    brute(g, segs, 3, tomb, 4, probes, np, k, thr, want);
+                    compare(got, want, np * k, k, t == BM_DTYPE_INT8);
+                    if (ki == 2) {
+                        /* k > count: exactly the live rows, then padding. */
+                        size_t live = bm_gallery_count(g);
+                        assert_true(got[live - 1].id != BM_NO_ID);
+                        assert_int_equal(got[live].id, BM_NO_ID);
+                        for (size_t i = 0; i < live; i++)
+                            for (size_t x = 0; x < 4; x++)
+                                assert_true(got[i].id != tomb[x]);
+                    }
+                    free(got);
+                    free(want);
+                }
+            }
+            bm_simd_force(bm_simd_detect());
+            /* Live count: all rows minus 3 tombstoned present ids minus 1
+             * shadowed by the upsert. */
+            assert_int_equal(bm_gallery_count(g), 5000 + 1234 + 7 - 3 - 1);
+            float sc;
+            assert_int_equal(bm_gallery_verify(g, &probes[0], 1001, &sc, err, sizeof err), BM_ENOTFOUND);
+            assert_int_equal(bm_gallery_verify(g, &probes[0], 900, &sc, err, sizeof err), BM_OK);
+            assert_true(sc > 0.99f);
+            bm_gallery_free(g);
+            free(v);
+            free(first);
+            free(pv);
+        }
+    bm_pool_free(pool);
+}
+
+/* ---- pinning: a searcher sees exactly one version per search */
+
+struct pin_state {
+    struct bm_gallery *g;
+    atomic_int stop;
+    int bad;
+    int searches;
+};
+
+static void *searcher(void *arg)
+{
+    struct pin_state *ps = arg;
+    float p[64];
+    for (int i = 0; i < 64; i++)
+        p[i] = 1;
+    struct bm_probe pr = {.dense = p};
+    struct bm_candidate out[600];
+    char err[128];
+    while (!atomic_load(&ps->stop)) {
+        if (bm_gallery_search(ps->g, &pr, 1, 600, -INFINITY, out, NULL, err, sizeof err) != BM_OK) {
+            ps->bad++;
+            continue;
+        }
+        /* Version n holds ids n*1000 .. n*1000 + 100 + n: all results must
+         * come from one version, and all of its rows must be present. */
+        uint64_t ver = out[0].id / 1000;
+        size_t n = 0;
+        for (size_t i = 0; i < 600 && out[i].id != BM_NO_ID; i++, n++)
+            if (out[i].id / 1000 != ver)
+                ps->bad++;
+        if (n != 100 + ver)
+            ps->bad++;
+        ps->searches++;
+    }
+    return NULL;
+}
+
+static void test_version_pinning(void **state)
+{
+    (void)state;
+    char err[256];
+    struct bm_pool *pool = bm_pool_new(2, err, sizeof err);
+    struct bm_spec s = dense_spec(64, BM_DTYPE_INT8);
+    struct bm_gallery *g = bm_gallery_new(&s, pool, err, sizeof err);
+    struct pin_state ps = {.g = g};
+    atomic_init(&ps.stop, 0);
+    pthread_t th;
+    int started = 0;
+    float v[64];
+    for (uint64_t ver = 1; ver <= 300; ver++) {
+        struct bm_segment *seg = bm_segment_new(&s, ver, 100 + ver, err, sizeof err);
+        assert_non_null(seg);
+        for (uint64_t r = 0; r < 100 + ver; r++) {
+            for (int j = 0; j < 64; j++)
+                v[j] = frand();
+            assert_int_equal(bm_segment_add_dense(seg, ver * 1000 + r, v, err, sizeof err), BM_OK);
+        }
+        uint64_t drop = ver - 1;
+        assert_int_equal(bm_gallery_update(g, &seg, 1, &drop, 1, NULL, 0, err, sizeof err), BM_OK);
+        assert_int_equal(bm_gallery_version(g), ver);
+        assert_int_equal(bm_gallery_count(g), 100 + ver);
+        if (!started) {
+            /* Searches start once version 1 exists, then race the updates. */
+            assert_int_equal(pthread_create(&th, NULL, searcher, &ps), 0);
+            started = 1;
+        }
+    }
+    /* Let the searcher see the final version a few times, bounded. */
+    int64_t until = bm_test_now_ms() + 5000;
+    int base = ps.searches;
+    while (ps.searches < base + 5 && bm_test_now_ms() < until) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_store(&ps.stop, 1);
+    pthread_join(th, NULL);
+    assert_int_equal(ps.bad, 0);
+    assert_true(ps.searches > 0);
+    bm_gallery_free(g);
+    bm_pool_free(pool);
+}
+
+static void test_pool_and_topk(void **state)
+{
+    (void)state;
+    char err[128];
+    assert_int_equal(bm_pool_size(NULL), 1);
+    struct bm_pool *p = bm_pool_new(4, err, sizeof err);
+    assert_int_equal(bm_pool_size(p), 4);
+    bm_pool_free(NULL);
+    bm_pool_free(p);
+    /* top-k ordering with ties and NaN */
+    struct bm_candidate st[3], out[3];
+    struct bm_topk h;
+    bm_topk_init(&h, st, 3);
+    bm_topk_push(&h, 5, 0.5f);
+    bm_topk_push(&h, 4, 0.5f);
+    bm_topk_push(&h, 9, NAN);
+    bm_topk_push(&h, 1, 0.1f);
+    bm_topk_push(&h, 7, 0.9f);
+    bm_topk_push(&h, 2, 0.1f);
+    bm_topk_finish(&h, out);
+    assert_int_equal(out[0].id, 7);
+    assert_int_equal(out[1].id, 4);
+    assert_int_equal(out[2].id, 5);
+    struct bm_candidate a[2] = {{3, 0.9f}, {8, 0.2f}}, b[2] = {{2, 0.9f}, {BM_NO_ID, -INFINITY}};
+    const struct bm_candidate *lists[2] = {a, b};
+    bm_topk_merge(lists, 2, 2, out);
+    assert_int_equal(out[0].id, 2);
+    assert_int_equal(out[1].id, 3);
+}
+
+struct count_arg {
+    atomic_int hits[1000];
+    atomic_int bad_thread;
+    unsigned size;
+};
+
+static void count_task(void *arg, size_t task, unsigned thread)
+{
+    struct count_arg *c = arg;
+    atomic_fetch_add(&c->hits[task], 1);
+    if (thread >= c->size)
+        atomic_fetch_add(&c->bad_thread, 1);
+}
+
+struct caller_arg {
+    struct bm_pool *pool;
+    int ok;
+};
+
+static void *caller(void *arg)
+{
+    struct caller_arg *ca = arg;
+    ca->ok = 1;
+    for (int rep = 0; rep < 50; rep++) {
+        static _Thread_local struct count_arg c;
+        memset(&c, 0, sizeof c);
+        c.size = bm_pool_size(ca->pool);
+        bm_pool_run(ca->pool, 1000, count_task, &c);
+        for (int i = 0; i < 1000; i++)
+            if (atomic_load(&c.hits[i]) != 1)
+                ca->ok = 0;
+        if (atomic_load(&c.bad_thread) != 0)
+            ca->ok = 0;
+    }
+    return NULL;
+}
+
+static void test_pool_concurrent_callers(void **state)
+{
+    (void)state;
+    char err[128];
+    struct bm_pool *p = bm_pool_new(3, err, sizeof err);
+    assert_non_null(p);
+    pthread_t th[3];
+    struct caller_arg ca[3];
+    for (int i = 0; i < 3; i++) {
+        ca[i].pool = p;
+        pthread_create(&th[i], NULL, caller, &ca[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        assert_true(ca[i].ok);
+    }
+    assert_int_equal(bm_pool_run(p, 5, NULL, NULL), BM_EINVAL);
+    bm_pool_free(p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pool_and_topk),
+        cmocka_unit_test(test_pool_concurrent_callers),
+        cmocka_unit_test(test_known_vectors),
+        cmocka_unit_test(test_rejects),
+        cmocka_unit_test(test_search_vs_brute),
+        cmocka_unit_test(test_version_pinning),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
