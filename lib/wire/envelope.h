@@ -17,8 +17,8 @@
  * Main invariant: unwrap never reads outside [buf, buf + len), never looks at
  * a value longer than max_len, and on success the payload slice lies inside
  * the input. Nothing is allocated. Thread: any (no shared state). */
-#ifndef BM_ENVELOPE_H
-#define BM_ENVELOPE_H
+#ifndef BM_WIRE_ENVELOPE_H
+#define BM_WIRE_ENVELOPE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -66,4 +66,4 @@ uint8_t *bm_envelope_wrap_sr(uint32_t schema_id, const uint32_t *indexes,
                              size_t nindexes, const uint8_t *payload, size_t len,
                              size_t *outlen);
 
-#endif /* BM_ENVELOPE_H */
+#endif /* BM_WIRE_ENVELOPE_H */

@@ -1,0 +1,203 @@
+/* MatchJob validation (job.h). Checks run cheapest first and stop at the
+ * first failure, so a job is rejected for one clear reason; the probe scan,
+ * the only step linear in the payload size, comes last. */
+#include "wire/job.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "wire/template.h"
+
+#define EC(x) BIOMATCH__V1__ERROR_CODE__ERROR_CODE_##x
+
+void bm_wire_limits_default(struct bm_wire_limits *l)
+{
+    l->max_probes = 16;
+    l->max_top_k = 1000;
+    l->max_deadline_ms = 300000;
+    l->max_attributes = 32;
+    l->max_attribute_bytes = 1024;
+}
+
+int bm_wire_utf8_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        size_t n;
+        uint32_t cp, min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            n = 1, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return 0;
+        }
+        if (len - i - 1 < n)
+            return 0;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+int bm_wire_subject_id_valid(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    return n >= 1 && n <= BM_WIRE_MAX_ID_BYTES && bm_wire_utf8_valid(id, n);
+}
+
+int bm_wire_topic_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > BM_WIRE_MAX_TOPIC_BYTES || strcmp(name, ".") == 0 ||
+        strcmp(name, "..") == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int reject(Biomatch__V1__ErrorCode *code, Biomatch__V1__ErrorCode c, char *err,
+                  size_t errlen, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Record the ErrorCode and the reason, and return BM_EINVAL. */
+static int reject(Biomatch__V1__ErrorCode *code, Biomatch__V1__ErrorCode c, char *err,
+                  size_t errlen, const char *fmt, ...)
+{
+    *code = c;
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return BM_EINVAL;
+}
+
+/* Check one string field: required or not, at most 'max' bytes, UTF-8. */
+static int check_str(const char *s, const char *field, int required, size_t max,
+                     Biomatch__V1__ErrorCode *code, char *err, size_t errlen)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0)
+        return required ? reject(code, EC(MISSING_FIELD), err, errlen, "%s is empty", field)
+                        : BM_OK;
+    if (n > max)
+        return reject(code, EC(INVALID_VALUE), err, errlen, "%s is %zu bytes, limit %zu", field,
+                      n, max);
+    if (!bm_wire_utf8_valid(s, n))
+        return reject(code, EC(INVALID_VALUE), err, errlen, "%s is not valid UTF-8", field);
+    return BM_OK;
+}
+
+int bm_wire_validate_job(const Biomatch__V1__MatchJob *job,
+                         const Biomatch__V1__GalleryDefinition *g, int64_t now_ms,
+                         const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
+                         char *err, size_t errlen)
+{
+    struct bm_wire_limits defl;
+    if (limits == NULL) {
+        bm_wire_limits_default(&defl);
+        limits = &defl;
+    }
+    *code = EC(NONE);
+    if (job == NULL)
+        return reject(code, EC(MALFORMED), err, errlen, "no job");
+
+    int rc;
+    if ((rc = check_str(job->job_id, "job_id", 1, BM_WIRE_MAX_ID_BYTES, code, err, errlen)) ||
+        (rc = check_str(job->agency, "agency", 1, BM_WIRE_MAX_NAME_BYTES, code, err, errlen)) ||
+        (rc = check_str(job->gallery, "gallery", 1, 64, code, err, errlen)) ||
+        (rc = check_str(job->claimed_subject, "claimed_subject", 0, BM_WIRE_MAX_ID_BYTES, code,
+                        err, errlen)))
+        return rc;
+    if (job->reply_topic && job->reply_topic[0] && !bm_wire_topic_valid(job->reply_topic))
+        return reject(code, EC(INVALID_VALUE), err, errlen,
+                      "reply_topic is not a legal Kafka topic name");
+    if (job->n_attributes > limits->max_attributes)
+        return reject(code, EC(TOO_LARGE), err, errlen, "%zu attributes, limit %u",
+                      job->n_attributes, limits->max_attributes);
+    for (size_t i = 0; i < job->n_attributes; i++) {
+        const Biomatch__V1__MatchJob__AttributesEntry *a = job->attributes[i];
+        size_t kl = a && a->key ? strlen(a->key) : 0, vl = a && a->value ? strlen(a->value) : 0;
+        if (kl > limits->max_attribute_bytes || vl > limits->max_attribute_bytes)
+            return reject(code, EC(TOO_LARGE), err, errlen,
+                          "attribute %zu over %u bytes", i, limits->max_attribute_bytes);
+        if (!bm_wire_utf8_valid(a && a->key ? a->key : "", kl) ||
+            !bm_wire_utf8_valid(a && a->value ? a->value : "", vl))
+            return reject(code, EC(INVALID_VALUE), err, errlen, "attribute %zu is not UTF-8", i);
+    }
+
+    if (g == NULL || g->name == NULL || strcmp(g->name, job->gallery) != 0)
+        return reject(code, EC(UNKNOWN_GALLERY), err, errlen, "unknown gallery \"%s\"",
+                      job->gallery);
+
+    char why[160];
+    if (bm_wire_validate_gallery_def(g, why, sizeof why) != EC(NONE))
+        return reject(code, EC(INTERNAL), err, errlen, "gallery definition invalid: %s", why);
+
+    switch (job->mode) {
+    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY:
+        if (job->top_k < 1 || job->top_k > limits->max_top_k)
+            return reject(code, EC(INVALID_TOP_K), err, errlen, "top_k %u not in 1..%u",
+                          job->top_k, limits->max_top_k);
+        break;
+    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY:
+        if (job->claimed_subject == NULL || job->claimed_subject[0] == '\0')
+            return reject(code, EC(MISSING_FIELD), err, errlen, "VERIFY needs claimed_subject");
+        /* top_k means nothing for VERIFY; 0 is accepted so clients can
+         * leave it unset, anything else must still be in range. */
+        if (job->top_k > limits->max_top_k)
+            return reject(code, EC(INVALID_TOP_K), err, errlen, "top_k %u not in 0..%u",
+                          job->top_k, limits->max_top_k);
+        break;
+    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED:
+        return reject(code, EC(MISSING_FIELD), err, errlen, "mode is unspecified");
+    default:
+        return reject(code, EC(UNSUPPORTED), err, errlen, "mode %d is not supported",
+                      (int)job->mode);
+    }
+
+    if (job->has_threshold && !isfinite(job->threshold))
+        return reject(code, EC(INVALID_VALUE), err, errlen, "threshold is not finite");
+
+    /* Unsigned difference: defined for any int64 pair once deadline > now. */
+    if (job->deadline_unix_ms != 0 &&
+        (job->deadline_unix_ms <= now_ms ||
+         (uint64_t)job->deadline_unix_ms - (uint64_t)now_ms > (uint64_t)limits->max_deadline_ms))
+        return reject(code, EC(INVALID_DEADLINE), err, errlen,
+                      "deadline must be 0 or within (now, now + %lld ms]",
+                      (long long)limits->max_deadline_ms);
+
+    if (job->n_probes < 1)
+        return reject(code, EC(MISSING_FIELD), err, errlen, "job has no probe");
+    if (job->n_probes > limits->max_probes)
+        return reject(code, EC(TOO_LARGE), err, errlen, "%zu probes, limit %u", job->n_probes,
+                      limits->max_probes);
+    for (size_t i = 0; i < job->n_probes; i++) {
+        Biomatch__V1__ErrorCode c = bm_wire_validate_template(job->probes[i], g, why, sizeof why);
+        if (c != EC(NONE))
+            return reject(code, c, err, errlen, "probe %zu: %s", i, why);
+    }
+    return BM_OK;
+}
