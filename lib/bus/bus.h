@@ -226,7 +226,9 @@ struct bm_consumer_callbacks {
 
 /* Create a consumer. With 'group_id' it may subscribe (group mode,
  * cooperative-sticky, auto commit of stored offsets every
- * auto.commit.interval.ms); with NULL it can only bm_consumer_assign().
+ * auto.commit.interval.ms) or assign partitions itself and still commit to
+ * the group; with NULL it can only bm_consumer_assign() and never commits
+ * (BM_OFFSET_STORED then means auto.offset.reset).
  * 'group_instance_id' (may be NULL) turns on static membership. 'cbs' may be
  * NULL and is copied. auto.offset.reset defaults to earliest.
  * Returns the consumer (caller owns it: bm_consumer_close then
@@ -342,11 +344,14 @@ int bm_admin_topic_partitions(struct bm_admin *a, const char *topic,
                               int timeout_ms, int *partitions, char *err,
                               size_t errlen);
 
-/* What can be learned about the cluster without a version API: the number
- * of brokers, the id of the one that answered, and the highest Produce and
- * Fetch API versions the broker advertised (a broker-version fingerprint:
- * e.g. Produce v11+ and Fetch v16+ mean Kafka 3.5 or later). Written to
- * 'buf' as one line. Returns BM_OK, BM_ETIMEDOUT or BM_EKAFKA. Thread: any. */
+/* One line for logs about the cluster: broker count, the broker that
+ * answered, and a fingerprint of its release. The Kafka protocol carries no
+ * version string and librdkafka 2.0.2 does not expose the ApiVersions
+ * answer, so a short-lived probe handle logs it (debug=feature) and the
+ * advertised Produce and Fetch version ranges and the number of API keys
+ * are reported (Kafka 4.1 advertises Fetch 4..18, Produce up to 13).
+ * Returns BM_OK, BM_ETIMEDOUT or BM_EKAFKA; the fingerprint is best effort
+ * ("?" when the probe failed). Thread: any. */
 int bm_admin_cluster_info(struct bm_admin *a, int timeout_ms, char *buf,
                           size_t len, char *err, size_t errlen);
 

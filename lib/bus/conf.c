@@ -1,0 +1,147 @@
+/* Configuration building and small conversions shared by the bus handles.
+ *
+ * The order of bm_bus_conf_build is the contract: our connection settings,
+ * then the module's defaults, then the operator's properties, so an operator
+ * can override any default (say, linger.ms) but a typo in a property name
+ * fails the constructor instead of being silently ignored. */
+#include "bus/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+
+int bm_bus_conf_set(rd_kafka_conf_t *rc, const char *key, const char *value,
+                    char *err, size_t errlen)
+{
+    char msg[256];
+    if (key == NULL || value == NULL)
+        return bm_seterr(err, errlen, BM_EINVAL, "kafka property with NULL %s",
+                         key == NULL ? "name" : "value");
+    if (rd_kafka_conf_set(rc, key, value, msg, sizeof msg) != RD_KAFKA_CONF_OK)
+        return bm_seterr(err, errlen, BM_EINVAL, "kafka property %s: %s", key,
+                         msg);
+    return BM_OK;
+}
+
+/* librdkafka calls this from its own threads; 'base' is immutable after the
+ * handle is built, so reading it needs no lock. */
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                   const char *buf)
+{
+    struct bm_bus_base *base = rd_kafka_opaque(rk);
+    if (base != NULL && base->log != NULL)
+        base->log(base->log_opaque, level, fac, buf);
+}
+
+rd_kafka_conf_t *bm_bus_conf_build(const struct bm_bus_conf *conf,
+                                   const struct bm_bus_prop *defaults,
+                                   struct bm_bus_base *base, char *err,
+                                   size_t errlen)
+{
+    if (conf == NULL || conf->bootstrap_servers == NULL ||
+        conf->bootstrap_servers[0] == '\0') {
+        bm_seterr(err, errlen, BM_EINVAL, "kafka: no bootstrap servers");
+        return NULL;
+    }
+    if (conf->nprops > 0 && conf->props == NULL) {
+        bm_seterr(err, errlen, BM_EINVAL, "kafka: nprops without props");
+        return NULL;
+    }
+    rd_kafka_conf_t *rc = rd_kafka_conf_new();
+    if (rc == NULL) {
+        bm_seterr(err, errlen, BM_ENOMEM, "kafka: out of memory");
+        return NULL;
+    }
+    const char *cid = conf->client_id != NULL ? conf->client_id : "biomatch";
+    if (bm_bus_conf_set(rc, "bootstrap.servers", conf->bootstrap_servers, err,
+                        errlen) != BM_OK ||
+        bm_bus_conf_set(rc, "client.id", cid, err, errlen) != BM_OK)
+        goto fail;
+    for (size_t i = 0; defaults != NULL && defaults[i].key != NULL; i++)
+        if (bm_bus_conf_set(rc, defaults[i].key, defaults[i].value, err,
+                            errlen) != BM_OK)
+            goto fail;
+    for (size_t i = 0; i < conf->nprops; i++)
+        if (bm_bus_conf_set(rc, conf->props[i].key, conf->props[i].value, err,
+                            errlen) != BM_OK)
+            goto fail;
+    base->log = conf->log;
+    base->log_opaque = conf->log_opaque;
+    rd_kafka_conf_set_opaque(rc, base);
+    if (conf->log != NULL)
+        rd_kafka_conf_set_log_cb(rc, log_cb);
+    return rc;
+fail:
+    rd_kafka_conf_destroy(rc);
+    return NULL;
+}
+
+int bm_bus_err_map(rd_kafka_resp_err_t e)
+{
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+        return BM_OK;
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+        return BM_ERANGE;
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+        return BM_ENOTFOUND;
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+        return BM_ETIMEDOUT;
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return BM_EINVAL;
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR__DESTROY:
+        return BM_ECLOSED;
+    default:
+        return BM_EKAFKA;
+    }
+}
+
+int bm_bus_tps_from_list(const rd_kafka_topic_partition_list_t *l,
+                         struct bm_bus_tp **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (l == NULL || l->cnt <= 0)
+        return BM_OK;
+    size_t cnt = (size_t)l->cnt, names = 0;
+    for (size_t i = 0; i < cnt; i++)
+        names += strlen(l->elems[i].topic) + 1;
+    struct bm_bus_tp *v = malloc(cnt * sizeof *v + names);
+    if (v == NULL)
+        return BM_ENOMEM;
+    char *p = (char *)(v + cnt);
+    for (size_t i = 0; i < cnt; i++) {
+        size_t len = strlen(l->elems[i].topic) + 1;
+        memcpy(p, l->elems[i].topic, len);
+        v[i].topic = p;
+        v[i].partition = l->elems[i].partition;
+        v[i].offset = l->elems[i].offset;
+        p += len;
+    }
+    *out = v;
+    *n = cnt;
+    return BM_OK;
+}
+
+rd_kafka_topic_partition_list_t *bm_bus_list_from_tps(const struct bm_bus_tp *tps,
+                                                      size_t n)
+{
+    if (n > (size_t)(1 << 20))
+        return NULL;
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new((int)(n > 0 ? n : 1));
+    if (l == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_topic_partition_t *e =
+            rd_kafka_topic_partition_list_add(l, tps[i].topic, tps[i].partition);
+        e->offset = tps[i].offset;
+    }
+    return l;
+}
