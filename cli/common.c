@@ -1,0 +1,171 @@
+/* Shared plumbing of the `biomatch` command (see cli.h): the flag parser
+ * and --help printer, strict number parsing, and the connection settings.
+ *
+ * Invariant: a subcommand never sees a flag it did not declare; an unknown
+ * flag or a missing argument stops the command with a message naming it. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cli_usage(const char *usage, const char *summary, const struct cli_opt *opts, size_t n)
+{
+    printf("usage: %s\n\n%s\n\nflags:\n", usage, summary);
+    for (size_t i = 0; i < n; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", opts[i].name, opts[i].arg ? " " : "",
+                 opts[i].arg ? opts[i].arg : "");
+        if (strlen(left) > 28)
+            printf("  %s\n  %-28s %s\n", left, "", opts[i].help);
+        else
+            printf("  %-28s %s\n", left, opts[i].help);
+    }
+    printf("  %-28s %s\n", "--help", "show this help");
+}
+
+int cli_parse(int argc, char **argv, int first, const struct cli_opt *opts, size_t n,
+              const char **pos, size_t maxpos, size_t *npos, const char *usage,
+              const char *summary)
+{
+    *npos = 0;
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            cli_usage(usage, summary, opts, n);
+            return 1;
+        }
+        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
+            if (*npos >= maxpos) {
+                fprintf(stderr, "biomatch: unexpected argument '%s' (see --help)\n", a);
+                return -1;
+            }
+            pos[(*npos)++] = a;
+            continue;
+        }
+        const char *eq = strchr(a, '=');
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        const struct cli_opt *o = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, a, len) == 0)
+                o = &opts[k];
+        if (o == NULL) {
+            fprintf(stderr, "biomatch: unknown flag '%.*s' (see --help)\n", (int)len, a);
+            return -1;
+        }
+        if (o->arg == NULL) {
+            if (eq != NULL) {
+                fprintf(stderr, "biomatch: flag %s takes no value\n", o->name);
+                return -1;
+            }
+            *o->val = "1";
+        } else if (eq != NULL) {
+            *o->val = eq + 1;
+        } else if (i + 1 < argc) {
+            *o->val = argv[++i];
+        } else {
+            fprintf(stderr, "biomatch: flag %s needs a value (%s)\n", o->name, o->arg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int cli_u64(const char *flag, const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (s == NULL || *s < '0' || *s > '9') {
+        fprintf(stderr, "biomatch: %s needs a non-negative integer\n", flag);
+        return -1;
+    }
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0') {
+        fprintf(stderr, "biomatch: %s: '%s' is not a valid integer\n", flag, s);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int cli_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    uint64_t v;
+    if (cli_u64(flag, s, &v) != 0)
+        return -1;
+    if (v < lo || v > hi) {
+        fprintf(stderr, "biomatch: %s must be in %u..%u\n", flag, lo, hi);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int cli_double(const char *flag, const char *s, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = s ? strtod(s, &end) : 0;
+    if (s == NULL || errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "biomatch: %s must be a number in %g..%g\n", flag, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_conf_load(struct cli_common *c)
+{
+    char err[512];
+    c->conf = bm_conf_load(c->config, err, sizeof err);
+    if (c->conf == NULL) {
+        fprintf(stderr, "biomatch: configuration: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+void cli_conf_free(struct cli_common *c)
+{
+    bm_conf_destroy(c->conf);
+    c->conf = NULL;
+}
+
+const char *cli_prefix(const struct cli_common *c)
+{
+    return c->prefix != NULL ? c->prefix : c->conf->topic_prefix;
+}
+
+struct bm_redis *cli_redis(const struct cli_common *c)
+{
+    char err[512];
+    struct bm_redis_opts o = { 0 };
+    const char *url = c->redis != NULL ? c->redis : c->conf->redis.url;
+    o.connect_timeout_ms = c->conf->redis.connect_timeout_ms;
+    /* Shard loads move big replies; the CLI is patient. */
+    o.io_timeout_ms = c->conf->redis.io_timeout_ms > 30000 ? c->conf->redis.io_timeout_ms : 30000;
+    o.max_reply_bytes = BM_REDIS_DEFAULT_MAX_REPLY_BYTES;
+    struct bm_redis *r = bm_redis_connect(url, &o, err, sizeof err);
+    if (r == NULL)
+        fprintf(stderr, "biomatch: redis: %s\n", err);
+    return r;
+}
+
+int cli_bus_conf(const struct cli_common *c, struct bm_bus_conf *bc, struct bm_bus_prop *props)
+{
+    memset(bc, 0, sizeof *bc);
+    bc->bootstrap_servers = c->brokers != NULL ? c->brokers : c->conf->brokers;
+    if (bc->bootstrap_servers == NULL || bc->bootstrap_servers[0] == '\0') {
+        fprintf(stderr, "biomatch: no Kafka brokers (--brokers or BIOMATCH_KAFKA_BROKERS)\n");
+        return -1;
+    }
+    bc->client_id = "biomatch-cli";
+    for (size_t i = 0; i < c->conf->kafka_n; i++) {
+        props[i].key = c->conf->kafka[i].key;
+        props[i].value = c->conf->kafka[i].value;
+    }
+    bc->props = props;
+    bc->nprops = c->conf->kafka_n;
+    return 0;
+}

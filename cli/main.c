@@ -1,0 +1,50 @@
+/* `biomatch`: the operator's command line. Dispatches to one subcommand per
+ * source file (gallery.c, enroll.c, gen.c); every subcommand lists its
+ * flags with --help. Exit status: 0 success, 1 failure, 2 usage error. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: biomatch <command> [flags]   (biomatch <command> --help for its flags)\n\n"
+            "commands:\n"
+            "  gallery create NAME    define a gallery and create its topics\n"
+            "  gallery list           list the gallery definitions\n"
+            "  gallery stats NAME     per-shard subjects, segments, bytes, manifest version\n"
+            "  gallery load NAME      load every shard as a worker would (speed, memory)\n"
+            "  topics create          create the shared topics (enroll, jobs, partials,\n"
+            "                         results, audit, dlq) if missing\n"
+            "  enroll                 send enrollment requests from .npy / iris files\n"
+            "  gen                    write a seeded synthetic gallery and probe set\n\n"
+            "Connection flags shared by the commands that need them:\n"
+            "  --config FILE, --brokers HOST:PORT, --redis URL, --prefix PREFIX\n"
+            "(defaults: the configuration file, then BIOMATCH_KAFKA_BROKERS,\n"
+            "BIOMATCH_REDIS_URL, BIOMATCH_TOPIC_PREFIX; see docs/config.md)\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "gallery") == 0)
+        return cli_gallery(argc - 1, argv + 1);
+    if (strcmp(cmd, "topics") == 0)
+        return cli_topics(argc - 1, argv + 1);
+    if (strcmp(cmd, "enroll") == 0)
+        return cli_enroll(argc - 1, argv + 1);
+    if (strcmp(cmd, "gen") == 0)
+        return cli_gen(argc - 1, argv + 1);
+    fprintf(stderr, "biomatch: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
