@@ -1,0 +1,706 @@
+/* Enrollment intake: the first half of the gallery role.
+ *
+ * Consumes the `enroll` topic in batches, checks each request (size before
+ * decoding, known gallery, subject id, op, template against the gallery's
+ * definition), and either re-keys it onto gallery.<name> (partition =
+ * bm_shard_of(subject id, S), key = subject id; a delete becomes a
+ * tombstone) or rejects it with an EnrollResult to the request's reply
+ * topic (or the original record to `dlq` with an `error` header). Every
+ * decision leaves an audit record.
+ *
+ * Normalisation: a dense template is converted to the gallery's storage
+ * format exactly once, here (L2-normalised, then f32/f16/int8 with a
+ * per-vector scale, by the matcher's own bm_segment_add_dense), so the log
+ * holds the stored bytes and the builder and every rebuild copy them
+ * verbatim (docs/storage.md section 7).
+ *
+ * Invariant (no acknowledged enrollment lost): an `enroll` offset is stored
+ * only after every gallery.<name> record (and rejection record) produced
+ * for the messages before it has a successful delivery report. A batch
+ * with a failed delivery stores nothing; the consumer is recreated and the
+ * batch is consumed again from the committed offsets (at-least-once; a
+ * repeated upsert or delete is idempotent on the compacted log). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit.h"
+#include "bus/bus.h"
+#include "conf/conf.h"
+#include "conf/topics.h"
+#include "gallery.h"
+#include "match/gallery.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
+#include "store/galdef.h"
+#include "store/keys.h"
+#include "store/redis.h"
+#include "store/subjects.h"
+#include "wire/decode.h"
+#include "wire/headers.h"
+#include "wire/shard.h"
+#include "wire/template.h"
+
+#define ENROLL_BATCH_MAX 8192      /* messages per batch */
+#define ENROLL_BATCH_MS 50         /* longest a batch collects */
+#define ENROLL_NEG_CACHE_MS 1000   /* an unknown gallery is asked again after this */
+#define ENROLL_CACHE_MAX 256
+#define ENROLL_SCRATCH_ROWS 1024
+#define ENROLL_MAX_TPS 256
+
+struct galent {
+    char name[BM_GALLERY_NAME_MAX + 1];
+    Biomatch__V1__GalleryDefinition *def;   /* NULL: unknown gallery */
+    struct bm_spec spec;
+    long long expires_ms;                  /* negative entries only */
+    char topic[BM_TOPIC_MAX];
+    struct bm_segment *scratch;            /* converts dense rows; refilled when full */
+};
+
+struct tpoff {
+    char topic[BM_TOPIC_MAX];
+    int32_t partition;
+    int64_t next;
+};
+
+struct enroll {
+    struct bm_coord_ctx *ctx;
+    struct bm_redis *redis;
+    struct bm_consumer *consumer;
+    struct bm_producer *producer;
+    struct bm_audit *audit;
+    struct bm_bus_conf bus;
+    struct bm_bus_prop *props;
+    char group[BM_TOPIC_MAX];
+    char t_enroll[BM_TOPIC_MAX];
+    char t_dlq[BM_TOPIC_MAX];
+    char t_audit[BM_TOPIC_MAX];
+    struct galent cache[ENROLL_CACHE_MAX];
+    size_t ncache;
+    struct tpoff tps[ENROLL_MAX_TPS];
+    size_t ntps;
+    int critical_outstanding;  /* sends whose report gates the batch's offsets */
+    int critical_failed;
+    float vec[BM_WIRE_MAX_DIM];
+    uint8_t packed[BM_WIRE_MAX_DIM * 4];
+    struct bm_counter *m_accepted;
+    struct bm_counter *m_rejected;
+    struct bm_counter *m_deleted;
+};
+
+/* ------------------------------------------------------------ galleries */
+
+static void galent_clear(struct galent *g)
+{
+    bm_galdef_free(g->def);
+    bm_segment_free(g->scratch);
+    memset(g, 0, sizeof *g);
+}
+
+/* The cached definition of 'name': BM_OK with *out (def NULL = unknown
+ * gallery) or a Redis error (the caller retries later; it must not reject
+ * a valid enrollment because Redis blinked). */
+static int gallery_lookup(struct enroll *e, const char *name, struct galent **out)
+{
+    long long now = bm_coord_mono_ms();
+    for (size_t i = 0; i < e->ncache; i++) {
+        struct galent *g = &e->cache[i];
+        if (strcmp(g->name, name) != 0)
+            continue;
+        if (g->def != NULL || now < g->expires_ms) {
+            *out = g;
+            return BM_OK;
+        }
+        galent_clear(g);
+        e->cache[i] = e->cache[--e->ncache];
+        break;
+    }
+    if (e->ncache == ENROLL_CACHE_MAX) {
+        /* Bounded: hostile requests naming many galleries cannot grow it. */
+        for (size_t i = 0; i < e->ncache; i++)
+            galent_clear(&e->cache[i]);
+        e->ncache = 0;
+    }
+    struct galent *g = &e->cache[e->ncache];
+    memset(g, 0, sizeof *g);
+    snprintf(g->name, sizeof g->name, "%s", name);
+    int rc = BM_OK;
+    char err[256];
+    g->def = bm_galdef_get(e->redis, name, &rc, err, sizeof err);
+    if (g->def == NULL && rc != BM_ENOTFOUND && rc != BM_EPROTO && rc != BM_EINVAL &&
+        rc != BM_ERANGE) {
+        BM_LOGF(BM_LOG_WARN, "gallery definition lookup failed", BM_LF_STR("gallery", name),
+                BM_LF_STR("error", err));
+        return rc;
+    }
+    if (g->def != NULL &&
+        (bm_galdef_to_spec(g->def, &g->spec, err, sizeof err) != BM_OK ||
+         bm_topic_gallery(g->topic, sizeof g->topic, e->ctx->conf->topic_prefix, name) != 0)) {
+        BM_LOGF(BM_LOG_ERROR, "gallery definition unusable", BM_LF_STR("gallery", name),
+                BM_LF_STR("error", err));
+        bm_galdef_free(g->def);
+        g->def = NULL;
+    }
+    g->expires_ms = now + ENROLL_NEG_CACHE_MS;
+    e->ncache++;
+    *out = g;
+    return BM_OK;
+}
+
+/* ------------------------------------------------------------ delivery */
+
+static void on_critical(const struct bm_delivery *d, void *opaque)
+{
+    struct enroll *e = opaque;
+    e->critical_outstanding--;
+    if (d->err != BM_OK) {
+        e->critical_failed++;
+        BM_LOGF(BM_LOG_ERROR, "enroll: delivery failed", BM_LF_STR("topic", d->topic),
+                BM_LF_STR("error", d->errstr));
+    }
+}
+
+static void on_best_effort(const struct bm_delivery *d, void *opaque)
+{
+    (void)opaque;
+    if (d->err != BM_OK)
+        BM_LOGF(BM_LOG_WARN, "enroll: reply not delivered", BM_LF_STR("topic", d->topic),
+                BM_LF_STR("error", d->errstr));
+}
+
+/* Queue one record, waiting while the local queue is full. 'critical'
+ * sends gate the batch's offsets. */
+static int send(struct enroll *e, const char *topic, int32_t partition, const void *key,
+                size_t keylen, const void *val, size_t vallen,
+                const struct bm_bus_headers *h, int critical)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = bm_producer_send(e->producer, topic, partition, key, keylen, val, vallen,
+                                  h ? h->v : NULL, h ? h->n : 0,
+                                  critical ? on_critical : on_best_effort, e);
+        if (rc == BM_OK) {
+            if (critical)
+                e->critical_outstanding++;
+            return BM_OK;
+        }
+        if (rc != BM_ERANGE || attempt > 600) {
+            if (critical)
+                e->critical_failed++;
+            BM_LOGF(BM_LOG_ERROR, "enroll: send refused", BM_LF_STR("topic", topic),
+                    BM_LF_STR("error", bm_strerror(rc)));
+            return rc;
+        }
+        bm_producer_poll(e->producer, 100);
+    }
+}
+
+/* ------------------------------------------------------------ audit */
+
+static void audit(struct enroll *e, const Biomatch__V1__EnrollRequest *req,
+                  Biomatch__V1__ResultStatus status, Biomatch__V1__ErrorCode code)
+{
+    Biomatch__V1__AuditRecord rec = BIOMATCH__V1__AUDIT_RECORD__INIT;
+    rec.kind = BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_ENROLL;
+    if (req != NULL) {
+        rec.agency = req->agency;
+        rec.gallery = req->gallery;
+        rec.id = req->request_id;
+        rec.op = req->op;
+        rec.subject_id = req->subject_id;
+    }
+    rec.status = status;
+    rec.error_code = code;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char err[128];
+    if (bm_audit_seal(e->audit, &rec, &buf, &len, err, sizeof err) != BM_OK) {
+        BM_LOGF(BM_LOG_ERROR, "audit record not sealed", BM_LF_STR("error", err));
+        return;
+    }
+    const char *agency = rec.agency != NULL ? rec.agency : "";
+    send(e, e->t_audit, BM_PARTITION_ANY, agency, strlen(agency), buf, len, NULL, 1);
+    free(buf);
+}
+
+/* ------------------------------------------------------------ rejection */
+
+static void reject(struct enroll *e, const struct bm_bus_msg *m,
+                   const Biomatch__V1__EnrollRequest *req, Biomatch__V1__ErrorCode code,
+                   const char *why)
+{
+    bm_counter_inc(e->m_rejected);
+    BM_LOGF(BM_LOG_INFO, "enrollment rejected",
+            BM_LF_STR("gallery", req != NULL ? req->gallery : NULL),
+            BM_LF_STR("code", bm_wire_error_code_name(code)), BM_LF_STR("error", why));
+    if (req != NULL && req->reply_topic != NULL && req->reply_topic[0] != '\0') {
+        Biomatch__V1__EnrollResult res = BIOMATCH__V1__ENROLL_RESULT__INIT;
+        res.request_id = req->request_id;
+        res.gallery = req->gallery;
+        res.subject_id = req->subject_id;
+        res.status = BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED;
+        res.error_code = code;
+        res.error = (char *)why;
+        size_t len = 0;
+        uint8_t *buf = bm_wire_encode(&res.base, &len);
+        if (buf != NULL) {
+            char ct[160];
+            struct bm_bus_headers h;
+            bm_bus_headers_init(&h);
+            bm_wire_content_type(&biomatch__v1__enroll_result__descriptor, ct, sizeof ct);
+            bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
+            /* An agency's reply topic may not exist: its failure must not
+             * hold back (or replay) everyone else's enrollments. */
+            send(e, req->reply_topic, BM_PARTITION_ANY, req->request_id,
+                 strlen(req->request_id), buf, len, &h, 0);
+            free(buf);
+        }
+    } else {
+        char hv[512];
+        bm_wire_dlq_error(code, why, hv, sizeof hv);
+        struct bm_bus_headers h;
+        bm_bus_headers_init(&h);
+        bm_bus_headers_add_str(&h, BM_HDR_ERROR, hv);
+        send(e, e->t_dlq, BM_PARTITION_ANY, m->key, m->keylen, m->value, m->valuelen, &h, 1);
+    }
+    audit(e, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED, code);
+}
+
+/* ------------------------------------------------------------ checks */
+
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k;
+        unsigned min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            k = 1;
+            min = 0x80;
+            c &= 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            k = 2;
+            min = 0x800;
+            c &= 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            k = 3;
+            min = 0x10000;
+            c &= 0x07;
+        } else {
+            return 0;
+        }
+        if (i + k >= n)
+            return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80)
+                return 0;
+            c = (c << 6) | (s[i + j] & 0x3F);
+        }
+        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+static int topic_name_ok(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0 || n > 249)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = t[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int bm_gallery_stored_check(const struct bm_spec *spec, const Biomatch__V1__Template *t,
+                            char *err, size_t errlen)
+{
+    if (t == NULL)
+        return bm_seterr(err, errlen, BM_EINVAL, "no template");
+    if (spec->modality == BM_MODALITY_DENSE) {
+        const Biomatch__V1__DenseEmbedding *d = t->dense;
+        static const Biomatch__V1__ElementType et[] = {
+            [BM_DTYPE_F32] = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32,
+            [BM_DTYPE_F16] = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F16,
+            [BM_DTYPE_INT8] = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_INT8,
+        };
+        if (t->kind_case != BIOMATCH__V1__TEMPLATE__KIND_DENSE || d == NULL)
+            return bm_seterr(err, errlen, BM_EINVAL, "not a dense template");
+        if (d->dim != spec->dim || d->element_type != et[spec->dtype] ||
+            d->data.len != bm_spec_template_bytes(spec))
+            return bm_seterr(err, errlen, BM_EINVAL, "not in the gallery's storage format");
+        if (spec->dtype == BM_DTYPE_INT8 && !(d->scale > 0.0f && d->scale < 1e30f))
+            return bm_seterr(err, errlen, BM_EINVAL, "bad int8 scale");
+        return BM_OK;
+    }
+    const Biomatch__V1__IrisCode *ic = t->iris;
+    size_t nb = bm_spec_iris_bytes(spec);
+    if (t->kind_case != BIOMATCH__V1__TEMPLATE__KIND_IRIS || ic == NULL ||
+        ic->code.len != nb || ic->mask.len != nb)
+        return bm_seterr(err, errlen, BM_EINVAL, "iris code or mask of the wrong size");
+    return BM_OK;
+}
+
+float bm_gallery_template_row(const struct bm_spec *spec, const Biomatch__V1__Template *t,
+                              uint8_t *row)
+{
+    if (spec->modality == BM_MODALITY_DENSE) {
+        memcpy(row, t->dense->data.data, t->dense->data.len);
+        return spec->dtype == BM_DTYPE_INT8 ? t->dense->scale : 1.0f;
+    }
+    size_t nb = bm_spec_iris_bytes(spec);
+    memcpy(row, t->iris->code.data, nb);
+    memcpy(row + nb, t->iris->mask.data, nb);
+    return 1.0f;
+}
+
+/* Convert a validated dense template to the gallery's storage form in
+ * e->packed; *scale gets the int8 scale. */
+static int normalise_dense(struct enroll *e, struct galent *g,
+                           const Biomatch__V1__DenseEmbedding *d, uint64_t key, float *scale,
+                           char *err, size_t errlen)
+{
+    int rc = bm_wire_dense_to_f32(d, e->vec, g->spec.dim, err, errlen);
+    if (rc != BM_OK)
+        return rc;
+    if (g->scratch != NULL && bm_segment_count(g->scratch) == ENROLL_SCRATCH_ROWS) {
+        bm_segment_free(g->scratch);
+        g->scratch = NULL;
+    }
+    if (g->scratch == NULL &&
+        (g->scratch = bm_segment_new(&g->spec, 0, ENROLL_SCRATCH_ROWS, err, errlen)) == NULL)
+        return BM_ENOMEM;
+    rc = bm_segment_add_dense(g->scratch, key, e->vec, err, errlen);
+    if (rc != BM_OK)
+        return rc;
+    size_t row = bm_segment_count(g->scratch) - 1;
+    memcpy(e->packed, bm_segment_row(g->scratch, row), bm_spec_template_bytes(&g->spec));
+    *scale = bm_segment_row_scale(g->scratch, row);
+    return BM_OK;
+}
+
+static Biomatch__V1__ElementType element_of(enum bm_dtype t)
+{
+    switch (t) {
+    case BM_DTYPE_F32:
+        return BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
+    case BM_DTYPE_F16:
+        return BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F16;
+    default:
+        return BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_INT8;
+    }
+}
+
+/* ------------------------------------------------------------ one message */
+
+/* Handle one `enroll` record. Returns BM_OK when it was decided (accepted or
+ * rejected) or a transient error (Redis down) when it must be retried. */
+static int handle(struct enroll *e, const struct bm_bus_msg *m)
+{
+    char why[256];
+    if (m->value == NULL) {
+        reject(e, m, NULL, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MALFORMED,
+               "enroll record has no value");
+        return BM_OK;
+    }
+    ProtobufCMessage *pm = NULL;
+    int rc = bm_wire_decode(&biomatch__v1__enroll_request__descriptor, m->value, m->valuelen,
+                            BM_WIRE_DEFAULT_MAX_BYTES, &pm, NULL, why, sizeof why);
+    if (rc != BM_OK) {
+        reject(e, m, NULL, bm_wire_error_of(rc), why);
+        return BM_OK;
+    }
+    Biomatch__V1__EnrollRequest *req = (Biomatch__V1__EnrollRequest *)pm;
+    Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    size_t sidlen = strlen(req->subject_id);
+    struct galent *g = NULL;
+    if (req->reply_topic[0] != '\0' && !topic_name_ok(req->reply_topic)) {
+        /* Not usable as a reply destination: answer through dlq instead. */
+        req->reply_topic[0] = '\0';
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+        snprintf(why, sizeof why, "reply_topic is not a valid topic name");
+    } else if (strlen(req->request_id) < 1 || strlen(req->request_id) > 128) {
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
+        snprintf(why, sizeof why, "request_id must be 1..128 bytes");
+    } else if (req->agency[0] == '\0') {
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
+        snprintf(why, sizeof why, "agency is required");
+    } else if (sidlen < 1 || sidlen > BM_SUBJECT_ID_MAX ||
+               !utf8_valid((const unsigned char *)req->subject_id, sidlen)) {
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+        snprintf(why, sizeof why, "subject_id must be 1..128 bytes of UTF-8");
+    } else if (req->op != BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT &&
+               req->op != BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE) {
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
+        snprintf(why, sizeof why, "op must be OP_UPSERT or OP_DELETE");
+    } else if (!bm_topic_gallery_name_valid(req->gallery)) {
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_GALLERY;
+        snprintf(why, sizeof why, "gallery name is not valid");
+    } else {
+        rc = gallery_lookup(e, req->gallery, &g);
+        if (rc != BM_OK) {
+            bm_wire_free(pm);
+            return rc;
+        }
+        if (g->def == NULL) {
+            code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_GALLERY;
+            snprintf(why, sizeof why, "unknown gallery");
+        } else if (req->op == BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT) {
+            code = bm_wire_validate_template(req->template_, g->def, why, sizeof why);
+        }
+    }
+    if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
+        reject(e, m, req, code, why);
+        bm_wire_free(pm);
+        return BM_OK;
+    }
+
+    uint32_t shard = bm_shard_of(req->subject_id, sidlen, g->def->shards);
+    if (req->op == BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE) {
+        send(e, g->topic, (int32_t)shard, req->subject_id, sidlen, NULL, 0, NULL, 1);
+        bm_counter_inc(e->m_deleted);
+    } else {
+        Biomatch__V1__GalleryChange ch = BIOMATCH__V1__GALLERY_CHANGE__INIT;
+        Biomatch__V1__Template t = BIOMATCH__V1__TEMPLATE__INIT;
+        Biomatch__V1__DenseEmbedding d = BIOMATCH__V1__DENSE_EMBEDDING__INIT;
+        ch.subject_id = req->subject_id;
+        ch.agency = req->agency;
+        ch.request_id = req->request_id;
+        ch.enrolled_unix_ms = bm_coord_wall_ms();
+        if (g->spec.modality == BM_MODALITY_DENSE) {
+            float scale = 1.0f;
+            rc = normalise_dense(e, g, req->template_->dense,
+                                 bm_subject_key(req->subject_id, sidlen), &scale, why,
+                                 sizeof why);
+            if (rc != BM_OK) {
+                reject(e, m, req, rc == BM_EINVAL
+                                      ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE
+                                      : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INTERNAL,
+                       why);
+                bm_wire_free(pm);
+                return BM_OK;
+            }
+            t.modality = req->template_->modality;
+            t.kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
+            t.dense = &d;
+            d.dim = g->spec.dim;
+            d.element_type = element_of(g->spec.dtype);
+            d.data.data = e->packed;
+            d.data.len = bm_spec_template_bytes(&g->spec);
+            d.scale = g->spec.dtype == BM_DTYPE_INT8 ? scale : 0.0f;
+            ch.template_ = &t;
+        } else {
+            /* Iris codes are stored as sent: code and mask bits. */
+            ch.template_ = req->template_;
+        }
+        size_t len = 0;
+        uint8_t *buf = bm_wire_encode(&ch.base, &len);
+        if (buf == NULL) {
+            bm_wire_free(pm);
+            return BM_ENOMEM;
+        }
+        char ct[160];
+        struct bm_bus_headers h;
+        bm_bus_headers_init(&h);
+        bm_wire_content_type(&biomatch__v1__gallery_change__descriptor, ct, sizeof ct);
+        bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
+        send(e, g->topic, (int32_t)shard, req->subject_id, sidlen, buf, len, &h, 1);
+        free(buf);
+    }
+    bm_counter_inc(e->m_accepted);
+    audit(e, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK,
+          BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE);
+    bm_wire_free(pm);
+    return BM_OK;
+}
+
+/* ------------------------------------------------------------ batches */
+
+static void note_offset(struct enroll *e, const struct bm_bus_msg *m)
+{
+    for (size_t i = 0; i < e->ntps; i++) {
+        if (e->tps[i].partition == m->partition && strcmp(e->tps[i].topic, m->topic) == 0) {
+            if (m->offset + 1 > e->tps[i].next)
+                e->tps[i].next = m->offset + 1;
+            return;
+        }
+    }
+    if (e->ntps == ENROLL_MAX_TPS)
+        return; /* cannot happen with one topic of <= 256 partitions */
+    struct tpoff *t = &e->tps[e->ntps++];
+    snprintf(t->topic, sizeof t->topic, "%s", m->topic);
+    t->partition = m->partition;
+    t->next = m->offset + 1;
+}
+
+static int open_consumer(struct enroll *e, char *err, size_t errlen)
+{
+    e->consumer = bm_consumer_new(&e->bus, e->group, NULL, NULL, err, errlen);
+    if (e->consumer == NULL)
+        return BM_EKAFKA;
+    const char *topics[] = {e->t_enroll};
+    int rc = bm_consumer_subscribe(e->consumer, topics, 1, err, errlen);
+    if (rc != BM_OK) {
+        bm_consumer_free(e->consumer);
+        e->consumer = NULL;
+    }
+    return rc;
+}
+
+static void close_consumer(struct enroll *e)
+{
+    char err[256];
+    if (e->consumer == NULL)
+        return;
+    if (bm_consumer_close(e->consumer, err, sizeof err) != BM_OK)
+        BM_LOGF(BM_LOG_WARN, "enroll: consumer close", BM_LF_STR("error", err));
+    bm_consumer_free(e->consumer);
+    e->consumer = NULL;
+}
+
+/* Collect one batch, wait for its critical deliveries, store its offsets.
+ * Returns BM_OK, or an error after which the consumer must be recreated. */
+static int run_batch(struct enroll *e)
+{
+    char err[256];
+    e->ntps = 0;
+    e->critical_failed = 0;
+    long long deadline = bm_coord_mono_ms() + ENROLL_BATCH_MS;
+    size_t n = 0;
+    int rc = BM_OK;
+    while (n < ENROLL_BATCH_MAX) {
+        long long left = deadline - bm_coord_mono_ms();
+        if (left < 0)
+            left = 0;
+        struct bm_bus_msg *m = NULL;
+        int prc = bm_consumer_poll(e->consumer, n == 0 ? 100 : (int)left, &m, err, sizeof err);
+        if (prc == BM_ETIMEDOUT)
+            break;
+        if (prc != BM_OK) {
+            BM_LOGF(BM_LOG_WARN, "enroll: consumer", BM_LF_STR("error", err));
+            break;
+        }
+        rc = handle(e, m);
+        if (rc == BM_OK)
+            note_offset(e, m);
+        bm_bus_msg_free(m);
+        n++;
+        if (rc != BM_OK)
+            break; /* transient: this message and the rest are consumed again */
+        if (left == 0)
+            break;
+    }
+    bm_producer_poll(e->producer, 0);
+    long long flush_deadline = bm_coord_mono_ms() + 120000;
+    while (e->critical_outstanding > 0 && bm_coord_mono_ms() < flush_deadline)
+        bm_producer_poll(e->producer, 50);
+    if (e->critical_outstanding > 0 || e->critical_failed > 0 || rc != BM_OK) {
+        BM_LOGF(BM_LOG_ERROR, "enroll: batch not acknowledged; consuming it again",
+                BM_LF_INT("failed", e->critical_failed),
+                BM_LF_INT("outstanding", e->critical_outstanding));
+        return rc != BM_OK ? rc : BM_EKAFKA;
+    }
+    for (size_t i = 0; i < e->ntps; i++)
+        bm_consumer_store_offset(e->consumer, e->tps[i].topic, e->tps[i].partition,
+                                 e->tps[i].next);
+    return BM_OK;
+}
+
+static void enroll_free(struct enroll *e)
+{
+    close_consumer(e);
+    if (e->producer != NULL) {
+        if (bm_producer_flush(e->producer, 30000) != BM_OK)
+            BM_LOGF(BM_LOG_WARN, "enroll: producer flush timed out",
+                    BM_LF_INT("outstanding", bm_producer_outstanding(e->producer)));
+        bm_producer_free(e->producer);
+    }
+    for (size_t i = 0; i < e->ncache; i++)
+        galent_clear(&e->cache[i]);
+    bm_audit_free(e->audit);
+    bm_redis_close(e->redis);
+    free(e->props);
+    free(e);
+}
+
+int bm_enroll_run(struct bm_coord_ctx *ctx)
+{
+    char err[512];
+    const struct bm_conf *conf = ctx->conf;
+    struct enroll *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return BM_ENOMEM;
+    e->ctx = ctx;
+    char writer[200];
+    snprintf(writer, sizeof writer, "%s/gallery/%lld", conf->node_id, bm_coord_wall_ms());
+    snprintf(e->group, sizeof e->group, "%scoordinator-enroll", conf->topic_prefix);
+    int rc = BM_OK;
+    if (bm_topic_name(e->t_enroll, sizeof e->t_enroll, conf->topic_prefix, BM_TOPIC_ENROLL) ||
+        bm_topic_name(e->t_dlq, sizeof e->t_dlq, conf->topic_prefix, BM_TOPIC_DLQ) ||
+        bm_topic_name(e->t_audit, sizeof e->t_audit, conf->topic_prefix, BM_TOPIC_AUDIT)) {
+        rc = bm_seterr(err, sizeof err, BM_EINVAL, "topic prefix too long");
+        goto fail;
+    }
+    e->m_accepted = bm_metrics_counter(ctx->metrics, "biomatch_enroll_accepted_total",
+                                       "Enrollment requests accepted onto gallery logs",
+                                       NULL, err, sizeof err);
+    e->m_rejected = bm_metrics_counter(ctx->metrics, "biomatch_enroll_rejected_total",
+                                       "Enrollment requests rejected", NULL, err, sizeof err);
+    e->m_deleted = bm_metrics_counter(ctx->metrics, "biomatch_enroll_deletes_total",
+                                      "Accepted enrollment deletes (tombstones produced)",
+                                      NULL, err, sizeof err);
+    static const struct bm_bus_prop extra[] = {
+        {"linger.ms", "10"},
+        {"queue.buffering.max.messages", "1000000"},
+        {"max.poll.interval.ms", "600000"},
+    };
+    if ((rc = bm_coord_bus_conf(ctx, extra, 3, &e->bus, &e->props, err, sizeof err)) != BM_OK)
+        goto fail;
+    if ((e->audit = bm_audit_new(writer, err, sizeof err)) == NULL ||
+        (e->redis = bm_coord_redis(ctx, err, sizeof err)) == NULL ||
+        (e->producer = bm_producer_new(&e->bus, err, sizeof err)) == NULL) {
+        rc = BM_EINVAL;
+        goto fail;
+    }
+    if ((rc = open_consumer(e, err, sizeof err)) != BM_OK)
+        goto fail;
+    BM_LOGF(BM_LOG_INFO, "enrollment intake started", BM_LF_STR("topic", e->t_enroll),
+            BM_LF_STR("group", e->group));
+    while (!bm_coord_stopping(ctx)) {
+        if (run_batch(e) == BM_OK)
+            continue;
+        /* Forget the unacknowledged batch: a fresh consumer starts from the
+         * committed offsets, which never passed it. */
+        close_consumer(e);
+        struct timespec ts = {0, 500 * 1000000L};
+        nanosleep(&ts, NULL);
+        if (bm_producer_fatal(e->producer, err, sizeof err) != BM_OK) {
+            BM_LOGF(BM_LOG_ERROR, "enroll: producer fatal, recreating",
+                    BM_LF_STR("error", err));
+            bm_producer_free(e->producer);
+            if ((e->producer = bm_producer_new(&e->bus, err, sizeof err)) == NULL) {
+                rc = BM_EKAFKA;
+                goto fail;
+            }
+        }
+        if ((rc = open_consumer(e, err, sizeof err)) != BM_OK)
+            goto fail;
+    }
+    BM_LOGF(BM_LOG_INFO, "enrollment intake stopping", BM_LF_STR("topic", e->t_enroll));
+    enroll_free(e);
+    return BM_OK;
+fail:
+    BM_LOGF(BM_LOG_ERROR, "enrollment intake failed", BM_LF_STR("error", err));
+    enroll_free(e);
+    return rc != BM_OK ? rc : BM_EINVAL;
+}

@@ -1,0 +1,65 @@
+/* Helpers every coordinator role needs: Kafka settings and a Redis
+ * connection built the same way from the configuration, and clocks.
+ * Invariant: no role spells librdkafka properties or Redis options that the
+ * configuration already decides. */
+#define _POSIX_C_SOURCE 200809L
+#include "role.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+#include "conf/conf.h"
+#include "store/redis.h"
+
+int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *extra,
+                      size_t nextra, struct bm_bus_conf *out,
+                      struct bm_bus_prop **props, char *err, size_t errlen)
+{
+    const struct bm_conf *c = ctx->conf;
+    size_t n = nextra + c->kafka_n;
+    struct bm_bus_prop *p = calloc(n > 0 ? n : 1, sizeof *p);
+    if (p == NULL)
+        return bm_seterr(err, errlen, BM_ENOMEM, "kafka props: out of memory");
+    for (size_t i = 0; i < nextra; i++)
+        p[i] = extra[i];
+    for (size_t i = 0; i < c->kafka_n; i++) {
+        p[nextra + i].key = c->kafka[i].key;
+        p[nextra + i].value = c->kafka[i].value;
+    }
+    *out = (struct bm_bus_conf){0};
+    out->bootstrap_servers = c->brokers;
+    out->client_id = c->node_id;
+    out->props = p;
+    out->nprops = n;
+    *props = p;
+    return BM_OK;
+}
+
+struct bm_redis *bm_coord_redis(const struct bm_coord_ctx *ctx, char *err, size_t errlen)
+{
+    const struct bm_conf *c = ctx->conf;
+    struct bm_redis_opts o = {0};
+    o.connect_timeout_ms = c->redis.connect_timeout_ms;
+    o.io_timeout_ms = c->redis.io_timeout_ms;
+    o.max_reply_bytes = (size_t)c->redis.max_reply_bytes;
+    return bm_redis_connect(c->redis.url, &o, err, errlen);
+}
+
+int bm_coord_stopping(const struct bm_coord_ctx *ctx)
+{
+    return atomic_load(&((struct bm_coord_ctx *)ctx)->stop) != 0;
+}
+
+long long bm_coord_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+long long bm_coord_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
