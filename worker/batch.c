@@ -318,7 +318,8 @@ static int triage(struct wk *w, struct wk_task *t, struct wk_task **parked)
         char why[128];
         snprintf(why, sizeof why, "deadline passed %lld ms before scoring",
                  (long long)(now_unix - m->deadline_unix_ms));
-        answer_error(w, t, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INTERNAL, why, WK_ST_EXPIRED);
+        answer_error(w, t, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_DEADLINE_EXCEEDED, why,
+                     WK_ST_EXPIRED);
         return 1;
     }
     uint64_t have = atomic_load(&t->shard->version);

@@ -9,7 +9,6 @@
  * max.poll.interval.ms and rebalances are served promptly. */
 #define _POSIX_C_SOURCE 200809L
 
-#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,8 +58,7 @@ int64_t wk_now_unix_ms(void)
 
 static void usage(FILE *f)
 {
-    fputs("usage: biomatch-worker [--config FILE] [--check-config] [--refresh-ms N]\n"
-          "                       [--help] [--version]\n"
+    fputs("usage: biomatch-worker [--config FILE] [--check-config] [--help] [--version]\n"
           "\n"
           "Consumes <prefix>tasks.<gallery> for every gallery in worker.galleries\n"
           "(consumer group <prefix>workers.<gallery>), loads the assigned shards\n"
@@ -70,25 +68,12 @@ static void usage(FILE *f)
           "                    environment variables override it\n"
           "  --check-config    load and validate the configuration, print it\n"
           "                    (secrets redacted) and exit 0, or 1 when invalid\n"
-          "  --refresh-ms N    how often loaded shards follow their manifest\n"
-          "                    (default 500; env BIOMATCH_WORKER_REFRESH_MS)\n"
           "  --help            this text\n"
           "  --version         print the version\n"
           "\n"
           "SIGTERM or SIGINT drain: stop fetching, finish in-flight batches,\n"
           "flush, commit offsets, leave the group, exit 0.\n",
           f);
-}
-
-static int parse_ms(const char *s, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < 10 || v > 3600000)
-        return -1;
-    *out = (int)v;
-    return 0;
 }
 
 static int check_config(const struct bm_conf *c, char *err, size_t errlen)
@@ -387,22 +372,11 @@ int main(int argc, char **argv)
 {
     const char *config = NULL;
     int check = 0;
-    int refresh_ms = WK_DEFAULT_REFRESH_MS;
-    const char *env_refresh = getenv("BIOMATCH_WORKER_REFRESH_MS");
-    if (env_refresh != NULL && env_refresh[0] != '\0' && parse_ms(env_refresh, &refresh_ms) != 0) {
-        fprintf(stderr, "biomatch-worker: BIOMATCH_WORKER_REFRESH_MS must be 10..3600000\n");
-        return 1;
-    }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config = argv[++i];
         } else if (strcmp(argv[i], "--check-config") == 0) {
             check = 1;
-        } else if (strcmp(argv[i], "--refresh-ms") == 0 && i + 1 < argc) {
-            if (parse_ms(argv[++i], &refresh_ms) != 0) {
-                fprintf(stderr, "biomatch-worker: --refresh-ms must be 10..3600000\n");
-                return 1;
-            }
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -457,7 +431,7 @@ int main(int argc, char **argv)
     struct wk w;
     memset(&w, 0, sizeof w);
     w.conf = conf;
-    w.refresh_ms = refresh_ms;
+    w.refresh_ms = conf->worker.refresh_interval_ms;
     int code = 1;
     if (setup(&w, err, sizeof err) != BM_OK) {
         BM_LOGF(BM_LOG_ERROR, "start-up failed", BM_LF_STR("error", err));
@@ -468,7 +442,7 @@ int main(int argc, char **argv)
             BM_LF_INT("threads", conf->worker.threads),
             BM_LF_INT("batch_max_probes", conf->worker.batch_max_probes),
             BM_LF_INT("batch_max_wait_ms", conf->worker.batch_max_wait_ms),
-            BM_LF_INT("refresh_ms", refresh_ms));
+            BM_LF_INT("refresh_ms", w.refresh_ms));
     int rc = load_definitions(&w);
     if (rc == BM_ECLOSED) {
         code = 0; /* stopped before there was anything to drain */

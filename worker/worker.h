@@ -34,7 +34,6 @@
 #include "match/gallery.h"
 
 #define WK_VERSION "0.1.0"
-#define WK_DEFAULT_REFRESH_MS 500
 #define WK_LAG_INTERVAL_MS 5000
 
 struct bm_metrics;

@@ -70,6 +70,8 @@ static const struct key KEYS[] = {
      F(worker.galleries_n), 0, 0, NULL},
     {"worker.min_version_wait_ms", "BIOMATCH_WORKER_MIN_VERSION_WAIT_MS", K_INT,
      F(worker.min_version_wait_ms), 0, 0, 600000, NULL},
+    {"worker.refresh_interval_ms", "BIOMATCH_WORKER_REFRESH_INTERVAL_MS", K_INT,
+     F(worker.refresh_interval_ms), 0, 10, 3600000, NULL},
     {"worker.drain_timeout_ms", "BIOMATCH_WORKER_DRAIN_TIMEOUT_MS", K_INT,
      F(worker.drain_timeout_ms), 0, 0, 3600000, NULL},
     {"coordinator.default_deadline_ms", "BIOMATCH_COORDINATOR_DEFAULT_DEADLINE_MS", K_INT,
@@ -569,6 +571,7 @@ static int set_defaults(struct bm_conf *c)
     c->worker.batch_max_probes = 64;
     c->worker.batch_max_wait_ms = 2;
     c->worker.min_version_wait_ms = 5000;
+    c->worker.refresh_interval_ms = 500;
     c->worker.drain_timeout_ms = 30000;
     c->coordinator.default_deadline_ms = 5000;
     c->coordinator.max_job_bytes = 16LL * MIB;

@@ -59,6 +59,7 @@ struct bm_conf {
         char **galleries;          /* gallery names this worker serves */
         size_t galleries_n;
         int min_version_wait_ms;
+        int refresh_interval_ms;   /* how often loaded shards follow their manifest */
         int drain_timeout_ms;
     } worker;
     struct {

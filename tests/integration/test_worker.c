@@ -563,7 +563,7 @@ static int setup(void **state)
     setenv("BIOMATCH_WORKER_BATCH_MAX_WAIT_MS", "5", 1);
     setenv("BIOMATCH_WORKER_MIN_VERSION_WAIT_MS", "3000", 1);
     setenv("BIOMATCH_WORKER_DRAIN_TIMEOUT_MS", "15000", 1);
-    setenv("BIOMATCH_WORKER_REFRESH_MS", "200", 1);
+    setenv("BIOMATCH_WORKER_REFRESH_INTERVAL_MS", "200", 1);
     return 0;
 }
 
