@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../bench/replay/replayfile.c"
+#include "replayfile.h"
 #include "bus/bus.h"
 #include "wire/decode.h"
 

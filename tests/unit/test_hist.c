@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../bench/replay/hist.c"
+#include "hist.h"
 
 static uint64_t rng_state = 12345;
 

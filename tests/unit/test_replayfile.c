@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../bench/replay/replayfile.c"
+#include "replayfile.h"
 
 static void tmpname(char *buf, size_t len)
 {

@@ -1,0 +1,573 @@
+/* The intake role: jobs -> validation -> tasks.<gallery> + opened marker,
+ * or a REJECTED result / a dlq record (DESIGN.md section 3, docs/wire.md
+ * section 11, docs/internals/coordinator.md "Intake").
+ *
+ * Main invariant: the offset of a jobs record is stored only once every
+ * record produced because of it was delivered, and offsets are stored in
+ * consumption order (a FIFO of pending records; the head is stored when its
+ * deliveries are done), so the committed offset never passes a job whose
+ * tasks might be lost. Nothing a client sends can stop the loop: every
+ * input ends as tasks, a rejection or a dlq record.
+ *
+ * The opened marker is produced before the tasks, so the aggregator usually
+ * knows the job before any shard answers (it copes with the other order). */
+#include "intake.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit.h"
+#include "conf/conf.h"
+#include "conf/topics.h"
+#include "galcache.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
+#include "store/redis.h"
+#include "wire/decode.h"
+#include "wire/headers.h"
+#include "wire/job.h"
+#include "wire/shard.h"
+
+#define POLL_MS 100
+#define REVOKE_FLUSH_MS 10000
+
+/* One consumed jobs record whose produced records are not all delivered. */
+struct pend {
+    struct bm_intake *in;
+    struct pend *next;
+    int32_t partition;
+    int64_t offset;
+    int outstanding;       /* sends without a delivery report yet */
+    int failed;            /* some delivery failed for good */
+    int revoked;           /* partition taken away: do not store */
+};
+
+struct bm_intake {
+    struct bm_coord_ctx *ctx;
+    const struct bm_conf *conf;
+    struct bm_consumer *cons;
+    struct bm_producer *prod;
+    struct bm_admin *admin;
+    struct bm_redis *redis;
+    struct bm_galcache *cache;
+    struct bm_audit *audit;
+    struct bm_wire_limits limits;
+    char jobs[BM_TOPIC_MAX], partials[BM_TOPIC_MAX], results[BM_TOPIC_MAX];
+    char dlq[BM_TOPIC_MAX], audit_topic[BM_TOPIC_MAX];
+    struct pend *head, *tail;  /* FIFO in consumption order */
+    struct pend *cur;          /* the record being processed */
+    char fatal[256];           /* non-empty: a delivery failed for good */
+};
+
+/* ----------------------------------------------------------------- metrics */
+
+static void count_job(struct bm_intake *in, const char *name, const char *help,
+                      const char *gallery, const char *status)
+{
+    if (in->ctx->metrics == NULL)
+        return;
+    const char *with_status[] = {"gallery", gallery, "status", status, NULL};
+    const char *gallery_only[] = {"gallery", gallery, NULL};
+    char err[128];
+    bm_counter_inc(bm_metrics_counter(in->ctx->metrics, name, help,
+                                      status ? with_status : gallery_only, err, sizeof err));
+}
+
+/* Only a gallery that exists may become a label value: a client must not be
+ * able to mint label values by naming galleries. */
+static const char *label_gallery(const Biomatch__V1__GalleryDefinition *def)
+{
+    return def ? def->name : "_unknown";
+}
+
+/* ---------------------------------------------------------------- sending */
+
+static void on_delivery(const struct bm_delivery *d, void *opaque)
+{
+    struct pend *p = opaque;
+    p->outstanding--;
+    if (d->err != BM_OK) {
+        p->failed = 1;
+        snprintf(p->in->fatal, sizeof p->in->fatal, "delivery to %s failed: %s",
+                 d->topic ? d->topic : "?", d->errstr ? d->errstr : "?");
+    }
+}
+
+/* Queue one record on behalf of the current jobs record, waiting for room
+ * when librdkafka's queue is full. Returns BM_OK or the send error. */
+static int send_rec(struct bm_intake *in, const char *topic, int32_t partition,
+                    const void *key, size_t keylen, const void *val, size_t vallen,
+                    const struct bm_bus_headers *h)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = bm_producer_send(in->prod, topic, partition, key, keylen, val, vallen,
+                                  h ? h->v : NULL, h ? h->n : 0, on_delivery, in->cur);
+        if (rc == BM_OK) {
+            in->cur->outstanding++;
+            return BM_OK;
+        }
+        if (rc != BM_ERANGE || attempt >= 100)
+            return rc;
+        bm_producer_poll(in->prod, POLL_MS);
+    }
+}
+
+static int send_msg(struct bm_intake *in, const char *topic, int32_t partition,
+                    const char *key, size_t keylen, const ProtobufCMessage *m,
+                    const char *traceparent)
+{
+    size_t len = 0;
+    uint8_t *buf = bm_wire_encode(m, &len);
+    if (buf == NULL)
+        return BM_ENOMEM;
+    char ct[160];
+    bm_wire_content_type(m->descriptor, ct, sizeof ct);
+    struct bm_bus_headers h;
+    bm_bus_headers_init(&h);
+    bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
+    if (traceparent && traceparent[0])
+        bm_bus_headers_add_str(&h, BM_HDR_TRACEPARENT, traceparent);
+    int rc = send_rec(in, topic, partition, key, keylen, buf, len, &h);
+    free(buf);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- outcomes */
+
+/* One audit record (never templates, never scores), produced on behalf of
+ * the current jobs record so its offset waits for it too. */
+static int audit_job(struct bm_intake *in, const char *agency, const char *gallery,
+                     const char *id, Biomatch__V1__MatchMode mode, const char *subject,
+                     Biomatch__V1__ErrorCode code)
+{
+    Biomatch__V1__AuditRecord a = BIOMATCH__V1__AUDIT_RECORD__INIT;
+    a.kind = BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_JOB;
+    a.agency = (char *)agency;
+    a.gallery = (char *)gallery;
+    a.id = (char *)id;
+    a.mode = mode;
+    a.subject_id = (char *)subject;
+    a.status = BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED;
+    a.error_code = code;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char err[256];
+    int rc = bm_audit_seal(in->audit, &a, &buf, &len, err, sizeof err);
+    if (rc != BM_OK)
+        return rc;
+    char ct[160];
+    bm_wire_content_type(&biomatch__v1__audit_record__descriptor, ct, sizeof ct);
+    struct bm_bus_headers h;
+    bm_bus_headers_init(&h);
+    bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
+    rc = send_rec(in, in->audit_topic, BM_PARTITION_ANY, agency, strlen(agency), buf, len, &h);
+    free(buf);
+    return rc;
+}
+
+/* An undecodable (or oversized) record: the original key, value and
+ * headers go to dlq with an 'error' header. */
+static int to_dlq(struct bm_intake *in, const struct bm_bus_msg *m,
+                  Biomatch__V1__ErrorCode code, const char *why)
+{
+    char ev[512];
+    bm_wire_dlq_error(code, why, ev, sizeof ev);
+    struct bm_bus_headers h;
+    bm_bus_headers_init(&h);
+    for (size_t i = 0; i < m->nheaders && h.n + 1 < BM_BUS_MAX_HEADERS; i++)
+        if (strcmp(m->headers[i].name, BM_HDR_ERROR) != 0)
+            bm_bus_headers_add(&h, m->headers[i].name, m->headers[i].value,
+                               m->headers[i].len);
+    bm_bus_headers_add_str(&h, BM_HDR_ERROR, ev);
+    int rc = send_rec(in, in->dlq, BM_PARTITION_ANY, m->key, m->keylen, m->value,
+                      m->valuelen, &h);
+    count_job(in, "biomatch_jobs_total", "Jobs by outcome (intake rejections, aggregator results)",
+              "_unknown", "dlq");
+    bm_log(BM_LOG_WARN, "job record sent to dlq", "error", ev, NULL);
+    if (rc != BM_OK)
+        return rc;
+    return audit_job(in, "", "", "", BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED, "", code);
+}
+
+/* s when it is valid UTF-8 of at most max bytes, else "": a rejection must
+ * decode in strict clients even when the job's strings were the problem. */
+static const char *safe(const char *s, size_t max)
+{
+    if (s == NULL)
+        return "";
+    size_t n = strlen(s);
+    return n <= max && bm_wire_utf8_valid(s, n) ? s : "";
+}
+
+static int reject(struct bm_intake *in, const struct bm_bus_msg *m,
+                  const Biomatch__V1__MatchJob *job,
+                  const Biomatch__V1__GalleryDefinition *def, Biomatch__V1__ErrorCode code,
+                  const char *why, const char *traceparent, int reply_ok, int64_t now)
+{
+    Biomatch__V1__MatchResult r = BIOMATCH__V1__MATCH_RESULT__INIT;
+    Biomatch__V1__Timings t = BIOMATCH__V1__TIMINGS__INIT;
+    r.job_id = (char *)safe(job->job_id, BM_WIRE_MAX_ID_BYTES);
+    r.agency = (char *)safe(job->agency, BM_WIRE_MAX_NAME_BYTES);
+    r.gallery = (char *)safe(job->gallery, 64);
+    r.mode = job->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY ||
+                     job->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY
+                 ? job->mode
+                 : BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED;
+    r.status = BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED;
+    r.error_code = code;
+    r.error = (char *)safe(why, 1024);
+    t.submitted_unix_ms = job->submitted_unix_ms;
+    t.received_unix_ms = now;
+    t.completed_unix_ms = now;
+    r.timings = &t;
+    const char *topic = in->results;
+    if (reply_ok && job->reply_topic && job->reply_topic[0])
+        topic = job->reply_topic;
+    const char *key = r.job_id;
+    size_t keylen = strlen(key);
+    if (keylen == 0) {
+        key = m->key;
+        keylen = m->keylen;
+    }
+    int rc = send_msg(in, topic, BM_PARTITION_ANY, key, keylen, &r.base, traceparent);
+    count_job(in, "biomatch_jobs_total", "Jobs by outcome (intake rejections, aggregator results)",
+              label_gallery(def), "rejected");
+    bm_log(BM_LOG_INFO, "job rejected", "gallery", label_gallery(def), "error_code",
+           bm_wire_error_code_name(code), "error", r.error, NULL);
+    if (rc != BM_OK)
+        return rc;
+    return audit_job(in, r.agency, r.gallery, r.job_id, r.mode, safe(job->claimed_subject, 128),
+                     code);
+}
+
+/* ---------------------------------------------------------------- fan-out */
+
+static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
+                   const Biomatch__V1__GalleryDefinition *def, const char *tasks_topic,
+                   const char *traceparent, int64_t now)
+{
+    uint32_t S = def->shards, R = def->replicas ? def->replicas : 1;
+    /* The replica is a pure function of the job id, so a replayed job goes
+     * to the same workers (whose shards are warm) and spreads evenly. */
+    uint32_t replica = (uint32_t)(bm_subject_key(job->job_id, strlen(job->job_id)) % R);
+    int64_t deadline = job->deadline_unix_ms ? job->deadline_unix_ms
+                                             : now + in->conf->coordinator.default_deadline_ms;
+    size_t idlen = strlen(job->job_id);
+
+    Biomatch__V1__PartialResult o = BIOMATCH__V1__PARTIAL_RESULT__INIT;
+    o.job_id = job->job_id;
+    o.kind = BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_OPENED;
+    o.shard_count = S;
+    o.agency = job->agency;
+    o.gallery = job->gallery;
+    o.mode = job->mode;
+    o.top_k = job->top_k;
+    o.threshold = job->threshold;
+    o.has_threshold = job->has_threshold;
+    o.deadline_unix_ms = deadline;
+    o.reply_topic = job->reply_topic;
+    o.submitted_unix_ms = job->submitted_unix_ms;
+    o.received_unix_ms = now;
+    o.fanned_out_unix_ms = now;
+    o.n_attributes = job->n_attributes;
+    o.attributes = (Biomatch__V1__PartialResult__AttributesEntry **)job->attributes;
+    o.traceparent = (char *)(traceparent ? traceparent : "");
+    o.probe_count = (uint32_t)job->n_probes;
+    int rc = send_msg(in, in->partials, BM_PARTITION_ANY, job->job_id, idlen, &o.base,
+                      traceparent);
+    if (rc != BM_OK)
+        return rc;
+
+    Biomatch__V1__MatchTask t = BIOMATCH__V1__MATCH_TASK__INIT;
+    t.job_id = job->job_id;
+    t.gallery = job->gallery;
+    t.shard_count = S;
+    t.replica = replica;
+    t.mode = job->mode;
+    t.n_probes = job->n_probes;
+    t.probes = job->probes;
+    t.claimed_subject = job->claimed_subject;
+    t.top_k = job->top_k;
+    t.threshold = job->threshold;
+    t.has_threshold = job->has_threshold;
+    t.deadline_unix_ms = deadline;
+    t.min_gallery_version = job->min_gallery_version;
+    t.submitted_unix_ms = job->submitted_unix_ms;
+    t.fanned_out_unix_ms = now;
+    for (uint32_t s = 0; s < S; s++) {
+        t.shard = s;
+        rc = send_msg(in, tasks_topic, (int32_t)(s + S * replica), job->job_id, idlen,
+                      &t.base, traceparent);
+        if (rc != BM_OK)
+            return rc;
+    }
+    count_job(in, "biomatch_jobs_received_total", "Jobs accepted by intake and fanned out",
+              def->name, NULL);
+    return BM_OK;
+}
+
+/* ---------------------------------------------------------------- one job */
+
+static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
+{
+    char err[512] = "";
+    int64_t now = bm_coord_wall_ms();
+    int64_t mono = bm_coord_mono_ms();
+    size_t max = (size_t)in->conf->coordinator.max_job_bytes;
+
+    /* Size first: nothing of an oversized value is read. */
+    if (m->valuelen > max) {
+        snprintf(err, sizeof err, "job of %zu bytes is over the limit of %zu", m->valuelen, max);
+        return to_dlq(in, m, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE, err);
+    }
+    const struct bm_bus_header *ct =
+        bm_bus_header_find(m->headers, m->nheaders, BM_HDR_CONTENT_TYPE);
+    if (ct && !bm_wire_content_type_ok(ct->value, ct->len, &biomatch__v1__match_job__descriptor))
+        return to_dlq(in, m, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MALFORMED,
+                      "content-type contradicts biomatch.v1.MatchJob");
+    ProtobufCMessage *pm = NULL;
+    int rc = bm_wire_decode(&biomatch__v1__match_job__descriptor, m->value, m->valuelen, max,
+                            &pm, NULL, err, sizeof err);
+    if (rc != BM_OK)
+        return to_dlq(in, m, bm_wire_error_of(rc), err);
+    Biomatch__V1__MatchJob *job = (Biomatch__V1__MatchJob *)pm;
+
+    char tp[128] = "";
+    const struct bm_bus_header *th =
+        bm_bus_header_find(m->headers, m->nheaders, BM_HDR_TRACEPARENT);
+    if (th && th->value && th->len < sizeof tp && bm_wire_traceparent_valid(th->value, th->len)) {
+        memcpy(tp, th->value, th->len);
+        tp[th->len] = '\0';
+    }
+
+    const Biomatch__V1__GalleryDefinition *def = NULL;
+    if (job->gallery && bm_topic_gallery_name_valid(job->gallery)) {
+        rc = bm_galcache_get(in->cache, job->gallery, mono, &def, err, sizeof err);
+        if (rc != BM_OK && rc != BM_ENOTFOUND) {
+            bm_wire_free_job(job);
+            return rc; /* Redis is down: fail the role, replay later */
+        }
+    }
+    Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    rc = bm_wire_validate_job(job, def, now, &in->limits, &code, err, sizeof err);
+    int reply_ok = job->reply_topic && bm_wire_topic_valid(job->reply_topic);
+    if (rc == BM_OK && job->reply_topic && job->reply_topic[0]) {
+        char terr[256];
+        int trc = bm_galcache_topic(in->cache, job->reply_topic, 1, 0, mono, terr, sizeof terr);
+        if (trc == BM_ENOTFOUND) {
+            reply_ok = 0;
+            code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+            snprintf(err, sizeof err, "reply_topic does not exist");
+            rc = BM_EINVAL;
+        } else if (trc != BM_OK) {
+            bm_wire_free_job(job);
+            return bm_seterr(err, sizeof err, trc, "%s", terr);
+        }
+    }
+    char tasks[BM_TOPIC_MAX];
+    if (rc == BM_OK) {
+        uint32_t parts = def->shards * (def->replicas ? def->replicas : 1);
+        char terr[256];
+        int trc = bm_topic_tasks(tasks, sizeof tasks, in->conf->topic_prefix, def->name) == 0
+                      ? bm_galcache_topic(in->cache, tasks, (int)parts, 1, mono, terr, sizeof terr)
+                      : BM_EINVAL;
+        if (trc == BM_ERANGE || trc == BM_EINVAL) {
+            code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INTERNAL;
+            snprintf(err, sizeof err, "tasks topic of the gallery is not usable");
+            rc = BM_EINVAL;
+            bm_log(BM_LOG_ERROR, "tasks topic unusable", "gallery", def->name, "error", terr, NULL);
+        } else if (trc != BM_OK) {
+            bm_wire_free_job(job);
+            return trc;
+        }
+    }
+    if (rc == BM_OK)
+        rc = fan_out(in, job, def, tasks, tp, now);
+    else
+        rc = reject(in, m, job, def, code, err, tp, reply_ok, now);
+    bm_wire_free_job(job);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- offsets */
+
+/* Store the offsets of finished records at the head of the FIFO. */
+static void drain(struct bm_intake *in)
+{
+    while (in->head && in->head->outstanding == 0) {
+        struct pend *p = in->head;
+        if (p->failed)
+            return; /* the loop sees in->fatal and stops without storing */
+        if (!p->revoked)
+            bm_consumer_store_offset(in->cons, in->jobs, p->partition, p->offset + 1);
+        in->head = p->next;
+        if (in->head == NULL)
+            in->tail = NULL;
+        free(p);
+    }
+}
+
+static void on_revoke(struct bm_consumer *c, const struct bm_bus_tp *tps, size_t n, int lost,
+                      void *opaque)
+{
+    (void)c;
+    struct bm_intake *in = opaque;
+    /* Finish what was produced for the partitions we lose, so their offsets
+     * can be stored before the wrapper commits; bounded, the rest replays. */
+    if (!lost)
+        bm_producer_flush(in->prod, REVOKE_FLUSH_MS);
+    else
+        bm_producer_poll(in->prod, 0);
+    for (struct pend *p = in->head; p; p = p->next)
+        for (size_t i = 0; i < n; i++)
+            if (p->partition == tps[i].partition && (lost || p->outstanding > 0))
+                p->revoked = 1;
+    if (in->fatal[0] == '\0')
+        drain(in);
+}
+
+/* ---------------------------------------------------------------- role */
+
+static void intake_free(struct bm_intake *in)
+{
+    if (in == NULL)
+        return;
+    bm_consumer_free(in->cons);
+    bm_producer_free(in->prod);
+    /* pending entries were drained or are abandoned with the producer */
+    while (in->head) {
+        struct pend *p = in->head;
+        in->head = p->next;
+        free(p);
+    }
+    bm_galcache_free(in->cache);
+    bm_audit_free(in->audit);
+    bm_admin_free(in->admin);
+    bm_redis_close(in->redis);
+    free(in);
+}
+
+static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t errlen)
+{
+    struct bm_intake *in = calloc(1, sizeof *in);
+    if (in == NULL) {
+        bm_seterr(err, errlen, BM_ENOMEM, "intake: out of memory");
+        return NULL;
+    }
+    in->ctx = ctx;
+    in->conf = ctx->conf;
+    bm_wire_limits_default(&in->limits);
+    in->limits.max_top_k = (uint32_t)ctx->conf->coordinator.max_top_k;
+    const char *pfx = ctx->conf->topic_prefix;
+    bm_topic_name(in->jobs, sizeof in->jobs, pfx, BM_TOPIC_JOBS);
+    bm_topic_name(in->partials, sizeof in->partials, pfx, BM_TOPIC_PARTIALS);
+    bm_topic_name(in->results, sizeof in->results, pfx, BM_TOPIC_RESULTS);
+    bm_topic_name(in->dlq, sizeof in->dlq, pfx, BM_TOPIC_DLQ);
+    bm_topic_name(in->audit_topic, sizeof in->audit_topic, pfx, BM_TOPIC_AUDIT);
+
+    struct bm_bus_conf bc;
+    struct bm_bus_prop *props = NULL;
+    if (bm_coord_bus_conf(ctx, NULL, 0, &bc, &props, err, errlen) != BM_OK)
+        goto fail;
+    char group[BM_TOPIC_MAX];
+    snprintf(group, sizeof group, "%s%s", pfx, BM_INTAKE_GROUP_SUFFIX);
+    struct bm_consumer_callbacks cbs = {NULL, on_revoke, in};
+    in->prod = bm_producer_new(&bc, err, errlen);
+    if (in->prod)
+        in->cons = bm_consumer_new(&bc, group, NULL, &cbs, err, errlen);
+    if (in->cons)
+        in->admin = bm_admin_new(&bc, err, errlen);
+    free(props);
+    if (in->admin == NULL)
+        goto fail;
+    in->redis = bm_coord_redis(ctx, err, errlen);
+    if (in->redis == NULL)
+        goto fail;
+    in->cache = bm_galcache_new(in->redis, in->admin, 30000, 1000);
+    if (in->cache == NULL) {
+        bm_seterr(err, errlen, BM_ENOMEM, "intake: out of memory");
+        goto fail;
+    }
+    char writer[160];
+    snprintf(writer, sizeof writer, "%.100s/intake/%lld", ctx->conf->node_id, bm_coord_wall_ms());
+    in->audit = bm_audit_new(writer, err, errlen);
+    if (in->audit == NULL)
+        goto fail;
+    const char *topics[] = {in->jobs};
+    if (bm_consumer_subscribe(in->cons, topics, 1, err, errlen) != BM_OK)
+        goto fail;
+    return in;
+fail:
+    intake_free(in);
+    return NULL;
+}
+
+int bm_role_intake_run(struct bm_coord_ctx *ctx)
+{
+    char err[512] = "";
+    struct bm_intake *in = intake_new(ctx, err, sizeof err);
+    if (in == NULL) {
+        bm_log(BM_LOG_ERROR, "intake failed to start", "error", err, NULL);
+        return BM_EKAFKA;
+    }
+    bm_log(BM_LOG_INFO, "intake started", "topic", in->jobs, NULL);
+    int rc = BM_OK;
+    while (!bm_coord_stopping(ctx)) {
+        struct bm_bus_msg *m = NULL;
+        int prc = bm_consumer_poll(in->cons, POLL_MS, &m, err, sizeof err);
+        if (prc == BM_OK && m) {
+            struct pend *p = calloc(1, sizeof *p);
+            if (p == NULL) {
+                bm_bus_msg_free(m);
+                rc = BM_ENOMEM;
+                break;
+            }
+            p->in = in;
+            p->partition = m->partition;
+            p->offset = m->offset;
+            if (in->tail)
+                in->tail->next = p;
+            else
+                in->head = p;
+            in->tail = p;
+            in->cur = p;
+            int hrc = handle(in, m);
+            in->cur = NULL;
+            bm_bus_msg_free(m);
+            if (hrc != BM_OK) {
+                bm_log(BM_LOG_ERROR, "intake cannot go on", "error", bm_strerror(hrc), NULL);
+                rc = hrc;
+                break;
+            }
+        } else if (prc == BM_EKAFKA) {
+            if (bm_consumer_fatal(in->cons, err, sizeof err) != BM_OK) {
+                rc = BM_EKAFKA;
+                break;
+            }
+        }
+        bm_producer_poll(in->prod, 0);
+        drain(in);
+        if (in->fatal[0]) {
+            bm_log(BM_LOG_ERROR, "intake cannot go on", "error", in->fatal, NULL);
+            rc = BM_EKAFKA;
+            break;
+        }
+        if (bm_producer_fatal(in->prod, err, sizeof err) != BM_OK) {
+            bm_log(BM_LOG_ERROR, "intake producer failed", "error", err, NULL);
+            rc = BM_EKAFKA;
+            break;
+        }
+    }
+    /* Graceful stop: deliver what was produced, store those offsets, leave
+     * the group (which commits them). After a failure, store nothing more. */
+    if (rc == BM_OK) {
+        bm_producer_flush(in->prod, REVOKE_FLUSH_MS);
+        drain(in);
+    }
+    if (rc == BM_OK && bm_consumer_close(in->cons, err, sizeof err) != BM_OK)
+        bm_log(BM_LOG_WARN, "intake: leaving the group failed", "error", err, NULL);
+    intake_free(in);
+    bm_log(BM_LOG_INFO, "intake stopped", "status", bm_strerror(rc), NULL);
+    return rc;
+}

@@ -1,0 +1,23 @@
+/* The intake role (coordinator/intake.c): consume `jobs`, reject bad jobs,
+ * fan good ones out to tasks.<gallery> and open them on `partials`.
+ * docs/internals/coordinator.md ("Intake") has the details.
+ *
+ * Contract: the role contract of role.h. The jobs offset of a message is
+ * stored only after every record produced for it (tasks, opened marker, or
+ * rejection result, dlq record, audit record) has a successful delivery
+ * report, so a crash replays the job rather than losing it. A delivery that
+ * fails for good (librdkafka already retried until message.timeout.ms)
+ * makes the role return BM_EKAFKA: the process restarts and replays.
+ * Thread: runs on its own thread; shares only ctx. */
+#ifndef BM_COORD_INTAKE_H
+#define BM_COORD_INTAKE_H
+
+#include "role.h"
+
+/* Consumer group of the role: "<prefix>coordinator-intake" (the ACLs in
+ * deploy/k8s/strimzi/users.yaml allow the "<prefix>coordinator-" prefix). */
+#define BM_INTAKE_GROUP_SUFFIX "coordinator-intake"
+
+int bm_role_intake_run(struct bm_coord_ctx *ctx);
+
+#endif /* BM_COORD_INTAKE_H */
