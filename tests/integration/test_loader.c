@@ -11,6 +11,8 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,9 +269,9 @@ static void test_load_exact_and_tombstones(void **state)
 
 struct searcher {
     struct bm_gallery *g;
-    volatile int stop;
-    int failures;
-    long searches;
+    atomic_int stop;
+    atomic_int failures;
+    atomic_long searches;
 };
 
 static void *search_loop(void *arg)
@@ -306,6 +308,9 @@ static void test_refresh_incremental(void **state)
     struct searcher sr = { .g = bm_shard_gallery(s) };
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, search_loop, &sr), 0);
+    /* Refreshes must overlap searches: wait (bounded) for the first one. */
+    for (int i = 0; i < 5000 && atomic_load(&sr.searches) == 0; i++)
+        usleep(1000);
 
     /* v2: one new segment and a tombstone. Only that blob is fetched. */
     put_segment(&f, 3, 400, 150, &r2);
