@@ -74,5 +74,8 @@ int cli_gallery(int argc, char **argv);
 int cli_topics(int argc, char **argv);
 int cli_enroll(int argc, char **argv);
 int cli_gen(int argc, char **argv);
+int cli_submit(int argc, char **argv);
+int cli_tail(int argc, char **argv);
+int cli_up(int argc, char **argv);
 
 #endif /* BM_CLI_H */

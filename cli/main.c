@@ -18,7 +18,11 @@ static void usage(FILE *f)
             "  topics create          create the shared topics (enroll, jobs, partials,\n"
             "                         results, audit, dlq) if missing\n"
             "  enroll                 send enrollment requests from .npy / iris files\n"
-            "  gen                    write a seeded synthetic gallery and probe set\n\n"
+            "  gen                    write a seeded synthetic gallery and probe set\n"
+            "  submit                 send a match job, optionally wait for its result\n"
+            "  tail TOPIC             follow results, partials, dlq, audit or jobs\n"
+            "  up                     run a local cluster (embedded Kafka, Redis, coordinator,\n"
+            "                         workers); --demo runs a synthetic workload\n\n"
             "Connection flags shared by the commands that need them:\n"
             "  --config FILE, --brokers HOST:PORT, --redis URL, --prefix PREFIX\n"
             "(defaults: the configuration file, then BIOMATCH_KAFKA_BROKERS,\n"
@@ -44,6 +48,12 @@ int main(int argc, char **argv)
         return cli_enroll(argc - 1, argv + 1);
     if (strcmp(cmd, "gen") == 0)
         return cli_gen(argc - 1, argv + 1);
+    if (strcmp(cmd, "submit") == 0)
+        return cli_submit(argc - 1, argv + 1);
+    if (strcmp(cmd, "tail") == 0)
+        return cli_tail(argc - 1, argv + 1);
+    if (strcmp(cmd, "up") == 0)
+        return cli_up(argc - 1, argv + 1);
     fprintf(stderr, "biomatch: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -5,8 +5,6 @@
  * a short-lived librdkafka handle (the bus wrappers keep offsets symbolic)
  * and then assigns the bus consumer to those exact numbers, so "from the
  * end" means "after everything that existed when the reader opened". */
-#define _DEFAULT_SOURCE
-
 #include "matchjob.h"
 
 #include <librdkafka/rdkafka.h>
