@@ -18,8 +18,8 @@ Against the real broker and Redis of the integration fixture
   4. checks status OK, full coverage, rank-1 = the known mate, candidates
      in order, and that the job's traceparent came back on the result;
   5. stops the processes.
-Every wait is bounded. Exit 0 = pass, 1 = fail, 77 = a Python dependency is
-missing (reported as skipped by CTest).
+Every wait is bounded. Exit 0 = pass, 1 = fail (a missing Python dependency
+is a failure too: scripts/setup installs them).
 """
 import argparse
 import importlib
@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 
-SKIP = 77
 
 
 def log(msg):
@@ -104,8 +103,8 @@ def main():
         from confluent_kafka import Consumer, Producer, TopicPartition
         import grpc_tools  # noqa: F401
     except ImportError as e:
-        print(f"SKIP: python dependency missing ({e}); run scripts/setup", flush=True)
-        return SKIP
+        print(f"FAIL: python dependency missing ({e}); run scripts/setup", flush=True)
+        return 1
 
     brokers = os.environ.get("BIOMATCH_KAFKA_BROKERS")
     redis = os.environ.get("BIOMATCH_REDIS_URL")
