@@ -1,9 +1,11 @@
 /* The versioned in-memory gallery and its batched, multithreaded search.
  *
  * A version is an immutable snapshot: the list of segments (shared between
- * versions by refcount), a dead-row bitmap per segment (tombstoned ids and
- * rows shadowed by a later row with the same id) and a hash index id ->
- * (segment, row) for O(1) verification. bm_gallery_update() builds a new
+ * versions by refcount), per segment a shadow bitmap (rows superseded by a
+ * later row with the same id) and a dead bitmap (shadow | tombstoned), and
+ * an id -> (segment, row) index for O(1) verification, in two layers: a
+ * base shared between versions and a small per-version delta, so an update
+ * costs O(added) most of the time. bm_gallery_update() builds a new
  * version beside the current one and swaps the pointer under 'lock'; a
  * search pins the version it starts on (refs), so the old one is freed by
  * whoever drops the last reference: the writer or the last search.
@@ -11,8 +13,11 @@
  * Search: the rows of all segments are cut into tasks of contiguous rows;
  * the pool's threads take tasks; each task streams its rows one L2-sized
  * tile at a time and scores every probe of the batch against the tile with
- * the register-blocked batch kernels, then offers the scores to that
- * thread's per-probe top-k heaps. The heaps are merged at the end. */
+ * the register-blocked batch kernels (prefetching the next tile meanwhile),
+ * then passes the scores through a vector pre-filter against each probe's
+ * threshold and heap floor, so only possible entrants reach that thread's
+ * per-probe top-k heaps. Iris rows are scored in L1-sized blocks against
+ * every probe's rotated variants. The heaps are merged at the end. */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,6 +32,10 @@
 #define TASK_ROWS_IRIS 256
 #define TILE_BYTES (96 * 1024) /* gallery bytes per tile: stays in L2 */
 #define PROBE_BLOCK 64         /* probes scored per tile pass */
+#define PROBE_GROUP 8          /* probes per kernel call (one prefetch slice each) */
+#define TILE_MAX 1024          /* most rows in a tile */
+#define IRIS_BLOCK 8           /* iris rows scored together (8 x 4 KiB: L1) */
+#define IRIS_TILE 128          /* iris rows per probe pass (512 KiB: L2) */
 
 struct slot {
     uint64_t id;
@@ -34,17 +43,34 @@ struct slot {
     uint32_t row;
 };
 
+/* An open-addressing hash index id -> (segment position, row); capacity a
+ * power of two, at most half full. A base index is shared by refcount
+ * between versions and never changes once built. */
+struct index {
+    atomic_uint refs;
+    size_t cap;
+    size_t n;                /* ids stored */
+    struct slot *slots;
+};
+
 struct version {
     atomic_uint refs;        /* the gallery's own + one per running search */
     uint64_t number;
     size_t nseg;
     struct bm_segment **segs;
-    uint64_t **dead;         /* per segment bitmap of rows never reported */
+    uint64_t **shadow;       /* per segment: rows shadowed by a later row of the id */
+    uint64_t **dead;         /* per segment: shadow | tombstoned, never reported */
     size_t rows;             /* all rows */
     size_t live;             /* rows not dead */
     size_t memory;
-    struct slot *index;      /* open addressing, capacity a power of two */
-    size_t icap;
+    /* id -> latest row: look in 'delta' (ids added since 'base' was built,
+     * owned by this version) first, then in the shared 'base'. An update
+     * that drops no segment copies the small delta and adds the new rows
+     * to it (O(delta + added)); when the delta outgrows its budget (see
+     * bm_gallery_update), or a segment is dropped (positions shift,
+     * shadowed rows may revive), the base is rebuilt from every row. */
+    struct index *base;
+    struct index *delta;
 };
 
 struct bm_gallery {
@@ -64,16 +90,69 @@ static uint64_t mix(uint64_t x)
     return x;
 }
 
-static struct slot *index_find(const struct version *v, uint64_t id)
+static struct index *index_new(size_t ids)
 {
-    if (v->icap == 0)
+    struct index *x = calloc(1, sizeof *x);
+    if (x == NULL)
         return NULL;
-    size_t m = v->icap - 1;
+    x->cap = 16;
+    while (x->cap < 2 * ids + 16)
+        x->cap *= 2;
+    x->slots = malloc(x->cap * sizeof *x->slots);
+    if (x->slots == NULL) {
+        free(x);
+        return NULL;
+    }
+    for (size_t i = 0; i < x->cap; i++)
+        x->slots[i].seg = UINT32_MAX;
+    atomic_init(&x->refs, 1);
+    return x;
+}
+
+static void index_unref(struct index *x)
+{
+    if (x != NULL && atomic_fetch_sub(&x->refs, 1) == 1) {
+        free(x->slots);
+        free(x);
+    }
+}
+
+/* The slot of 'id': its entry, or the empty slot where it would go. */
+static struct slot *slot_find(const struct index *x, uint64_t id)
+{
+    size_t m = x->cap - 1;
     for (size_t i = mix(id) & m;; i = (i + 1) & m) {
-        struct slot *s = &v->index[i];
+        struct slot *s = &x->slots[i];
         if (s->seg == UINT32_MAX || s->id == id)
             return s;
     }
+}
+
+/* Insert or overwrite; the caller sized the index for every id it puts. */
+static void index_put(struct index *x, uint64_t id, uint32_t seg, uint32_t row)
+{
+    struct slot *s = slot_find(x, id);
+    if (s->seg == UINT32_MAX)
+        x->n++;
+    s->id = id;
+    s->seg = seg;
+    s->row = row;
+}
+
+/* The latest row of 'id' in a version, or NULL. */
+static const struct slot *lookup(const struct version *v, uint64_t id)
+{
+    if (v->delta != NULL) {
+        const struct slot *s = slot_find(v->delta, id);
+        if (s->seg != UINT32_MAX)
+            return s;
+    }
+    if (v->base != NULL) {
+        const struct slot *s = slot_find(v->base, id);
+        if (s->seg != UINT32_MAX)
+            return s;
+    }
+    return NULL;
 }
 
 static int is_dead(const struct version *v, size_t seg, size_t row)
@@ -81,9 +160,14 @@ static int is_dead(const struct version *v, size_t seg, size_t row)
     return (v->dead[seg][row >> 6] >> (row & 63)) & 1;
 }
 
-static void set_dead(struct version *v, size_t seg, size_t row)
+static void set_bit(uint64_t **map, size_t seg, size_t row)
 {
-    v->dead[seg][row >> 6] |= 1ull << (row & 63);
+    map[seg][row >> 6] |= 1ull << (row & 63);
+}
+
+static size_t map_words(const struct bm_segment *s)
+{
+    return (s->count + 63) / 64 + 1;
 }
 
 static void version_free(struct version *v)
@@ -93,11 +177,15 @@ static void version_free(struct version *v)
     for (size_t i = 0; i < v->nseg; i++) {
         if (v->dead != NULL)
             free(v->dead[i]);
+        if (v->shadow != NULL)
+            free(v->shadow[i]);
         bm_segment_unref(v->segs[i]);
     }
     free(v->dead);
+    free(v->shadow);
     free(v->segs);
-    free(v->index);
+    index_unref(v->base);
+    index_unref(v->delta);
     free(v);
 }
 
@@ -157,6 +245,17 @@ static int in_list(const uint64_t *list, size_t n, uint64_t x)
     return 0;
 }
 
+/* Record row (s, r) as the latest of its id: a previous latest row of the
+ * id becomes shadowed (an upsert). */
+static void index_row(struct version *v, struct index *into, size_t s, size_t r)
+{
+    uint64_t id = v->segs[s]->ids[r];
+    const struct slot *old = lookup(v, id);
+    if (old != NULL)
+        set_bit(v->shadow, old->seg, old->row);
+    index_put(into, id, (uint32_t)s, (uint32_t)r);
+}
+
 int bm_gallery_update(struct bm_gallery *g, struct bm_segment **add, size_t nadd,
                       const uint64_t *drop, size_t ndrop, const uint64_t *tombstones,
                       size_t ntombstones, char *err, size_t errlen)
@@ -181,72 +280,105 @@ int bm_gallery_update(struct bm_gallery *g, struct bm_segment **add, size_t nadd
     v->number = old->number + 1;
     v->segs = calloc(old->nseg + nadd + 1, sizeof *v->segs);
     v->dead = calloc(old->nseg + nadd + 1, sizeof *v->dead);
-    if (v->segs == NULL || v->dead == NULL)
+    v->shadow = calloc(old->nseg + nadd + 1, sizeof *v->shadow);
+    if (v->segs == NULL || v->dead == NULL || v->shadow == NULL)
         goto oom;
     /* Take references to the kept segments first so version_free() on an
      * error path releases exactly what was taken. Added segments get their
      * reference only once nothing can fail any more. */
+    int dropped = 0;
     for (size_t i = 0; i < old->nseg; i++) {
-        if (in_list(drop, ndrop, old->segs[i]->id))
+        if (in_list(drop, ndrop, old->segs[i]->id)) {
+            dropped = 1;
             continue;
+        }
         bm_segment_ref(old->segs[i]);
         v->segs[v->nseg++] = old->segs[i];
     }
     size_t nkept = v->nseg;
-    for (size_t i = 0; i < nadd; i++)
+    size_t added_rows = 0;
+    for (size_t i = 0; i < nadd; i++) {
         v->segs[v->nseg + i] = add[i];
+        added_rows += add[i]->count;
+    }
     size_t nall = v->nseg + nadd;
     for (size_t i = 0; i < nall; i++) {
-        v->dead[i] = calloc((v->segs[i]->count + 63) / 64 + 1, sizeof(uint64_t));
-        if (v->dead[i] == NULL) {
-            v->nseg = nkept;
+        v->dead[i] = malloc(map_words(v->segs[i]) * sizeof(uint64_t));
+        v->shadow[i] = calloc(map_words(v->segs[i]), sizeof(uint64_t));
+        if (v->dead[i] == NULL || v->shadow[i] == NULL) {
+            /* version_free() frees maps of the first nseg entries only. */
+            for (size_t j = nkept; j <= i; j++) {
+                free(v->dead[j]);
+                free(v->shadow[j]);
+                v->dead[j] = v->shadow[j] = NULL;
+            }
             goto oom_v;
         }
         v->rows += v->segs[i]->count;
     }
-    v->icap = 16;
-    while (v->icap < 2 * v->rows + 16)
-        v->icap *= 2;
-    v->index = malloc(v->icap * sizeof *v->index);
-    if (v->index == NULL) {
-        for (size_t i = nkept; i < nall; i++) {
-            free(v->dead[i]);
-            v->dead[i] = NULL;
+    size_t old_delta = old->delta != NULL ? old->delta->n : 0;
+    size_t base_n = old->base != NULL ? old->base->n : 0;
+    size_t grown = old_delta + added_rows;
+    /* Each update re-inserts the whole delta, a rebuild costs every row:
+     * letting the delta grow to about sqrt(2 * rows * added) balances the
+     * two (the total per added row is then O(sqrt(rows / added))). */
+    double budget = 1024.0 + sqrt(2.0 * (double)base_n * (double)(added_rows > 64 ? added_rows : 64));
+    int rebuild = dropped || old->base == NULL || (double)grown > budget;
+    if (rebuild) {
+        v->base = index_new(v->rows);
+        v->delta = NULL;
+    } else {
+        v->base = old->base;
+        atomic_fetch_add(&v->base->refs, 1);
+        v->delta = index_new(grown);
+    }
+    if (v->base == NULL || (!rebuild && v->delta == NULL)) {
+        for (size_t j = nkept; j < nall; j++) {
+            free(v->dead[j]);
+            free(v->shadow[j]);
+            v->dead[j] = v->shadow[j] = NULL;
         }
-        v->nseg = nkept;
         goto oom_v;
     }
-    for (size_t i = 0; i < v->icap; i++)
-        v->index[i].seg = UINT32_MAX;
     /* Nothing fails from here on: the added segments now belong to us. */
     for (size_t i = 0; i < nadd; i++)
         bm_segment_ref(add[i]);
     v->nseg = nall;
-    v->live = v->rows;
-    for (size_t s = 0; s < nall; s++) {
-        const struct bm_segment *seg = v->segs[s];
-        for (size_t r = 0; r < seg->count; r++) {
-            struct slot *sl = index_find(v, seg->ids[r]);
-            if (sl->seg != UINT32_MAX) {
-                /* The later row of an id wins (an upsert). */
-                set_dead(v, sl->seg, sl->row);
-                v->live--;
+    if (rebuild) {
+        for (size_t s = 0; s < nall; s++)
+            for (size_t r = 0; r < v->segs[s]->count; r++)
+                index_row(v, v->base, s, r);
+    } else {
+        /* Kept segments keep their positions (no drop), so the old
+         * version's shadows and index entries stay valid. */
+        for (size_t s = 0; s < nkept; s++)
+            memcpy(v->shadow[s], old->shadow[s], map_words(v->segs[s]) * sizeof(uint64_t));
+        if (old->delta != NULL)
+            for (size_t i = 0; i < old->delta->cap; i++) {
+                const struct slot *sl = &old->delta->slots[i];
+                if (sl->seg != UINT32_MAX)
+                    index_put(v->delta, sl->id, sl->seg, sl->row);
             }
-            sl->id = seg->ids[r];
-            sl->seg = (uint32_t)s;
-            sl->row = (uint32_t)r;
-        }
+        for (size_t s = nkept; s < nall; s++)
+            for (size_t r = 0; r < v->segs[s]->count; r++)
+                index_row(v, v->delta, s, r);
     }
-    for (size_t i = 0; i < ntombstones; i++) {
-        struct slot *sl = index_find(v, tombstones[i]);
-        if (sl == NULL || sl->seg == UINT32_MAX || is_dead(v, sl->seg, sl->row))
-            continue;
-        set_dead(v, sl->seg, sl->row);
-        v->live--;
-    }
-    v->memory = sizeof *v + v->icap * sizeof *v->index;
     for (size_t s = 0; s < nall; s++)
-        v->memory += bm_segment_memory(v->segs[s]) + ((v->segs[s]->count + 63) / 64 + 1) * 8;
+        memcpy(v->dead[s], v->shadow[s], map_words(v->segs[s]) * sizeof(uint64_t));
+    for (size_t i = 0; i < ntombstones; i++) {
+        const struct slot *sl = lookup(v, tombstones[i]);
+        if (sl != NULL)
+            set_bit(v->dead, sl->seg, sl->row);
+    }
+    size_t ndead = 0;
+    for (size_t s = 0; s < nall; s++)
+        for (size_t w = 0; w < map_words(v->segs[s]); w++)
+            ndead += (size_t)__builtin_popcountll(v->dead[s][w]);
+    v->live = v->rows - ndead;
+    v->memory = sizeof *v + v->base->cap * sizeof(struct slot) +
+                (v->delta != NULL ? v->delta->cap * sizeof(struct slot) : 0);
+    for (size_t s = 0; s < nall; s++)
+        v->memory += bm_segment_memory(v->segs[s]) + 2 * map_words(v->segs[s]) * 8;
 
     pthread_mutex_lock(&g->lock);
     g->cur = v;
@@ -260,6 +392,7 @@ oom:
     if (v != NULL) {
         free(v->segs);
         free(v->dead);
+        free(v->shadow);
         free(v);
     }
     return bm_seterr(err, errlen, BM_ENOMEM, "gallery: out of memory building version");
@@ -342,34 +475,57 @@ static void dense_task(struct search *S, const struct task *t, unsigned thread)
     size_t dim = S->g->spec.dim;
     enum bm_dtype dt = S->g->spec.dtype;
     size_t tile = S->tile;
+    uint32_t sel[TILE_MAX];
     for (size_t r0 = t->row0; r0 < t->row1; r0 += tile) {
         size_t nr = t->row1 - r0 < tile ? t->row1 - r0 : tile;
         const uint8_t *grow = s->rows + r0 * s->stride;
+        /* With several probes the kernels are compute-bound on a tile that
+         * is already in cache, so the next tile of the task is prefetched
+         * into L2 in slices, one before each group of probes, instead of
+         * being waited for by the first group. A lone probe is a stream
+         * the hardware prefetcher follows by itself. */
+        size_t nnext = t->row1 - (r0 + nr) < tile ? t->row1 - (r0 + nr) : tile;
+        const uint8_t *pf = grow + nr * s->stride;
+        size_t pf_left = S->nprobes > 1 ? nnext * s->stride : 0;
+        size_t ngroups = (S->nprobes + PROBE_GROUP - 1) / PROBE_GROUP;
+        size_t pf_slice = ((pf_left + ngroups - 1) / ngroups + 63) & ~(size_t)63;
         for (size_t p0 = 0; p0 < S->nprobes; p0 += PROBE_BLOCK) {
             size_t np = S->nprobes - p0 < PROBE_BLOCK ? S->nprobes - p0 : PROBE_BLOCK;
-            if (dt == BM_DTYPE_F32)
-                S->k->batch_f32(S->dp.f32 + p0 * S->dp.stride, S->dp.stride, np,
-                                (const float *)(const void *)grow, s->stride / 4, nr, dim, fsc, tile);
-            else if (dt == BM_DTYPE_F16)
-                S->k->batch_f16(S->dp.f32 + p0 * S->dp.stride, S->dp.stride, np,
-                                (const uint16_t *)(const void *)grow, s->stride / 2, nr, dim, fsc, tile);
-            else
-                S->k->batch_i8(S->dp.i8 + p0 * S->dp.stride, S->dp.stride, np,
-                               (const int8_t *)grow, s->stride, s->sums + r0, nr, dim, isc, tile);
+            for (size_t q0 = 0; q0 < np; q0 += PROBE_GROUP) {
+                size_t nq = np - q0 < PROBE_GROUP ? np - q0 : PROBE_GROUP;
+                size_t slice = pf_left < pf_slice ? pf_left : pf_slice;
+                for (size_t off = 0; off < slice; off += 64)
+                    __builtin_prefetch(pf + off, 0, 2);
+                pf += slice;
+                pf_left -= slice;
+                size_t qi = p0 + q0;
+                if (dt == BM_DTYPE_F32)
+                    S->k->batch_f32(S->dp.f32 + qi * S->dp.stride, S->dp.stride, nq,
+                                    (const float *)(const void *)grow, s->stride / 4, nr, dim,
+                                    fsc + q0 * tile, tile);
+                else if (dt == BM_DTYPE_F16)
+                    S->k->batch_f16(S->dp.f32 + qi * S->dp.stride, S->dp.stride, nq,
+                                    (const uint16_t *)(const void *)grow, s->stride / 2, nr, dim,
+                                    fsc + q0 * tile, tile);
+                else
+                    S->k->batch_i8(S->dp.i8 + qi * S->dp.stride, S->dp.stride, nq,
+                                   (const int8_t *)grow, s->stride, s->sums + r0, nr, dim,
+                                   isc + q0 * tile, tile);
+            }
             for (size_t p = 0; p < np; p++) {
                 struct bm_topk *h = &heaps[p0 + p];
-                if (dt == BM_DTYPE_INT8) {
-                    float ps = S->dp.scale[p0 + p];
-                    const int32_t *row = isc + p * tile;
-                    for (size_t j = 0; j < nr; j++) {
-                        float sc = (float)row[j] * (ps * s->scales[r0 + j]);
-                        offer(h, S->v, s, t->seg, r0 + j, sc, S->threshold);
-                    }
-                } else {
-                    const float *row = fsc + p * tile;
-                    for (size_t j = 0; j < nr; j++)
-                        offer(h, S->v, s, t->seg, r0 + j, row[j], S->threshold);
-                }
+                float *row = fsc + p * tile;
+                if (dt == BM_DTYPE_INT8)
+                    S->k->scale_i8(isc + p * tile, s->scales + r0, S->dp.scale[p0 + p], nr, row);
+                /* Vector pre-filter: only scores that could enter the heap
+                 * (>= the threshold and >= its current worst) reach offer(),
+                 * which re-checks them exactly (ties, dead rows). */
+                float floor = bm_topk_floor(h);
+                if (S->threshold > floor)
+                    floor = S->threshold;
+                size_t nc = S->k->select_ge(row, nr, floor, sel);
+                for (size_t c = 0; c < nc; c++)
+                    offer(h, S->v, s, t->seg, r0 + sel[c], row[sel[c]], S->threshold);
             }
         }
     }
@@ -379,12 +535,27 @@ static void iris_task(struct search *S, const struct task *t, unsigned thread)
 {
     const struct bm_segment *s = S->v->segs[t->seg];
     struct bm_topk *heaps = S->heaps + (size_t)thread * S->nprobes;
-    size_t nb = S->ip.bytes;
-    for (size_t r = t->row0; r < t->row1; r++) {
-        const uint8_t *row = s->rows + r * s->stride;
+    const struct bm_iris_probes *ip = &S->ip;
+    size_t nb = ip->bytes, nvar = ip->nvar;
+    uint32_t *diff = S->scratch[thread], *valid = diff + IRIS_BLOCK * nvar;
+    /* A tile of rows stays in L2 while every probe's variants (124 KiB
+     * each at the default geometry) pass over it, so rows come from memory
+     * once per batch and variants from L3 once per tile; within the tile a
+     * block of rows stays in L1 under each pair of variants. */
+    for (size_t r0 = t->row0; r0 < t->row1; r0 += IRIS_TILE) {
+        size_t r1 = t->row1 - r0 < IRIS_TILE ? t->row1 : r0 + IRIS_TILE;
         for (size_t p = 0; p < S->nprobes; p++) {
-            float sc = bm_iris_score_one(S->k, &S->g->spec, &S->ip, p, row, row + nb, NULL);
-            offer(&heaps[p], S->v, s, t->seg, r, sc, S->threshold);
+            size_t v0 = p * nvar;
+            for (size_t b0 = r0; b0 < r1; b0 += IRIS_BLOCK) {
+                size_t nr = r1 - b0 < IRIS_BLOCK ? r1 - b0 : IRIS_BLOCK;
+                S->k->iris_rows(ip->code + v0 * ip->vstride, ip->mask + v0 * ip->vstride,
+                                ip->vstride, nvar, s->rows + b0 * s->stride, s->stride, nb, nr,
+                                nb, diff, valid);
+                for (size_t r = 0; r < nr; r++) {
+                    float sc = bm_iris_score(&S->g->spec, ip, diff + r * nvar, valid + r * nvar, NULL);
+                    offer(&heaps[p], S->v, s, t->seg, b0 + r, sc, S->threshold);
+                }
+            }
         }
     }
 }
@@ -453,7 +624,7 @@ int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes, size_
         ntasks += (v->segs[s]->count + per - 1) / per;
     size_t stride = (bm_spec_template_bytes(&g->spec) + 63) & ~(size_t)63;
     S.tile = TILE_BYTES / stride;
-    S.tile = S.tile < 16 ? 16 : S.tile > 1024 ? 1024 : S.tile;
+    S.tile = S.tile < 16 ? 16 : S.tile > TILE_MAX ? TILE_MAX : S.tile;
     S.tasks = malloc((ntasks + 1) * sizeof *S.tasks);
     S.heaps = calloc((size_t)nthreads * nprobes, sizeof *S.heaps);
     S.scratch = calloc(nthreads, sizeof *S.scratch);
@@ -468,10 +639,13 @@ int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes, size_
     }
     for (size_t i = 0; i < (size_t)nthreads * nprobes; i++)
         bm_topk_init(&S.heaps[i], store != NULL ? store + i * k : NULL, k);
-    if (g->spec.modality == BM_MODALITY_DENSE) {
+    {
         size_t pb = nprobes < PROBE_BLOCK ? nprobes : PROBE_BLOCK;
+        size_t bytes = g->spec.modality == BM_MODALITY_DENSE
+                           ? pb * S.tile * sizeof(float)
+                           : 2 * IRIS_BLOCK * S.ip.nvar * sizeof(uint32_t);
         for (unsigned i = 0; i < nthreads; i++) {
-            S.scratch[i] = bm_alloc64(pb * S.tile * sizeof(float));
+            S.scratch[i] = bm_alloc64(bytes);
             if (S.scratch[i] == NULL) {
                 rc = bm_seterr(err, errlen, BM_ENOMEM, "search: out of memory");
                 goto done;
@@ -526,8 +700,8 @@ int bm_gallery_verify(struct bm_gallery *g, const struct bm_probe *probe, uint64
     if (bm_probe_validate(&g->spec, probe, why, sizeof why) != BM_OK)
         return bm_seterr(err, errlen, BM_EINVAL, "verify: %s", why);
     struct version *v = pin(g);
-    struct slot *sl = index_find(v, id);
-    if (sl == NULL || sl->seg == UINT32_MAX || is_dead(v, sl->seg, sl->row)) {
+    const struct slot *sl = lookup(v, id);
+    if (sl == NULL || is_dead(v, sl->seg, sl->row)) {
         unpin(v);
         return bm_seterr(err, errlen, BM_ENOTFOUND, "verify: id %llu not in the gallery",
                          (unsigned long long)id);

@@ -20,6 +20,24 @@ static inline int get_bit(const uint8_t *p, size_t i)
     return (p[i >> 3] >> (i & 7)) & 1;
 }
 
+/* 8 bits of a line of L bits (L a multiple of 8) starting at line bit
+ * 'src', wrapping around the end of the line. */
+static inline unsigned line_byte(const uint8_t *line, size_t L, size_t src)
+{
+    size_t b = src >> 3, sh = src & 7;
+    if (src + 8 <= L) {
+        unsigned lo = line[b];
+        unsigned hi = sh != 0 ? line[b + 1] : 0;
+        return ((lo | hi << 8) >> sh) & 0xffu;
+    }
+    unsigned v = 0;
+    for (size_t k = 0; k < 8; k++) {
+        size_t i = (src + k) % L;
+        v |= (unsigned)get_bit(line, i) << k;
+    }
+    return v;
+}
+
 void bm_iris_rotate(const struct bm_spec *spec, const uint8_t *in, int shift, uint8_t *out)
 {
     size_t bpc = spec->iris_bits_per_cell, cols = spec->iris_columns;
@@ -31,6 +49,21 @@ void bm_iris_rotate(const struct bm_spec *spec, const uint8_t *in, int shift, ui
     if (k < 0)
         k += (long)cols;
     size_t off = (size_t)k * bpc;
+    if (L % 8 == 0) {
+        /* Whole-byte lines (the default: 512 bits): build each output byte
+         * from an 8-bit window of the input line, so a probe's 31 variants
+         * cost microseconds instead of a bit loop each. */
+        size_t lb = L / 8;
+        for (size_t l = 0; l < lines; l++) {
+            const uint8_t *src = in + l * lb;
+            uint8_t *dst = out + l * lb;
+            for (size_t j = 0; j < lb; j++) {
+                size_t from = 8 * j >= off ? 8 * j - off : 8 * j + L - off;
+                dst[j] = (uint8_t)line_byte(src, L, from);
+            }
+        }
+        return;
+    }
     memset(out, 0, lines * L / 8);
     for (size_t l = 0; l < lines; l++) {
         size_t base = l * L;
@@ -131,6 +164,30 @@ float bm_iris_score(const struct bm_spec *spec, const struct bm_iris_probes *ip,
                     const uint32_t *diff, const uint32_t *valid, int *best_shift)
 {
     uint32_t minv = spec->iris_min_valid_bits > 0 ? spec->iris_min_valid_bits : 1;
+    if (spec->iris_scoring == BM_IRIS_FRACTIONAL) {
+        /* t/v < bt/bv  <=>  t * bv < bt * v (exact in 64 bits). Distinct
+         * fractions with terms <= 2^20 (the code size limit) differ by at least
+         * 2^-40, far above double rounding, so
+         * this picks the same shift as comparing the doubles, with one
+         * division instead of one per shift. */
+        uint64_t bt = 1, bv = 0; /* bv = 0: nothing yet */
+        int shift = 0;
+        for (size_t si = 0; si < ip->nshift; si++) {
+            uint64_t t = diff[si], v = valid[si];
+            if (v < minv)
+                continue;
+            if (bv == 0 || t * bv < bt * v) {
+                bt = t;
+                bv = v;
+                shift = ip->shift[si];
+            }
+        }
+        if (best_shift != NULL)
+            *best_shift = shift;
+        if (bv == 0)
+            return NAN;
+        return (float)(1.0 - (double)bt / (double)bv);
+    }
     double best = INFINITY;
     int shift = 0;
     for (size_t si = 0; si < ip->nshift; si++) {

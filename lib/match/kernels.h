@@ -48,6 +48,24 @@ struct bm_kernels {
     void (*iris_counts)(const uint8_t *pc, const uint8_t *pm, size_t pstride,
                         size_t nshift, const uint8_t *gc, const uint8_t *gm,
                         size_t nbytes, uint32_t *diff, uint32_t *valid);
+
+    /* The same counts for 'nrows' gallery templates at once (template r's
+     * code at g + r * gstride, its mask 'moff' bytes further):
+     * diff[r * nshift + s], valid[r * nshift + s]. SIMD levels block rows x
+     * shifts in registers so each loaded gallery and probe vector serves
+     * several pairs; callers pass a few rows (a block that stays in L1). */
+    void (*iris_rows)(const uint8_t *pc, const uint8_t *pm, size_t pstride, size_t nshift,
+                      const uint8_t *g, size_t gstride, size_t moff, size_t nrows,
+                      size_t nbytes, uint32_t *diff, uint32_t *valid);
+
+    /* int8 scores: out[j] = (float)dot[j] * (pscale * gscale[j]), exactly
+     * this expression (so every level gives the same bits as verify).
+     * 'out' may be 'dot' (in place). */
+    void (*scale_i8)(const int32_t *dot, const float *gscale, float pscale, size_t n,
+                     float *out);
+    /* The top-k pre-filter: writes the indexes j (ascending) with
+     * s[j] >= floor (NaN never passes) to idx and returns how many. */
+    size_t (*select_ge)(const float *s, size_t n, float floor, uint32_t *idx);
 };
 
 extern const struct bm_kernels bm_kernels_scalar;

@@ -171,10 +171,103 @@ INLINE void mk_i8(const int8_t *q, size_t qs, size_t np, const int8_t *g, size_t
             out[p * ldo + r] = hsum_i32(acc[p][r]);
 }
 
-/* The common blocking loop: full PB x RB blocks, then the ragged edges. */
-#define BATCH_LOOP(MK)                                                             \
+/* ------------------------------------------------------ lone probe path */
+
+/* Lane k of the result is the sum of the 8 lanes of v[k] (horizontal adds
+ * and one 128-bit lane swap: 7 instructions for 8 sums). */
+INLINE __m256 hsum8_ps(const __m256 *v)
+{
+    __m256 a0 = _mm256_hadd_ps(v[0], v[1]), a1 = _mm256_hadd_ps(v[2], v[3]);
+    __m256 a2 = _mm256_hadd_ps(v[4], v[5]), a3 = _mm256_hadd_ps(v[6], v[7]);
+    __m256 b0 = _mm256_hadd_ps(a0, a1), b1 = _mm256_hadd_ps(a2, a3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+}
+
+INLINE __m256i hsum8_i32(const __m256i *v)
+{
+    __m256i a0 = _mm256_hadd_epi32(v[0], v[1]), a1 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i a2 = _mm256_hadd_epi32(v[4], v[5]), a3 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i b0 = _mm256_hadd_epi32(a0, a1), b1 = _mm256_hadd_epi32(a2, a3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20),
+                            _mm256_permute2x128_si256(b0, b1, 0x31));
+}
+
+/* One probe against up to 8 consecutive rows, read one after another (a
+ * single sequential stream); rows past nr are neither read nor stored. */
+INLINE void stream8_f32(const float *q, const float *g, size_t gs, size_t nr, size_t n, float *out)
+{
+    __m256 part[8];
+    for (size_t r = 0; r < 8; r++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        if (r < nr) {
+            const float *row = g + r * gs;
+            size_t i = 0;
+            for (; i + 16 <= n; i += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(row + i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(row + i + 8), a1);
+            }
+            for (; i < n; i += 8)
+                a0 = _mm256_fmadd_ps(load_f32(q + i, n - i), load_f32(row + i, n - i), a0);
+        }
+        part[r] = _mm256_add_ps(a0, a1);
+    }
+    _mm256_maskstore_ps(out, tail8(nr), hsum8_ps(part));
+}
+
+INLINE void stream8_f16(const float *q, const uint16_t *g, size_t gs, size_t nr, size_t n,
+                        float *out)
+{
+    __m256 part[8];
+    for (size_t r = 0; r < 8; r++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        if (r < nr) {
+            const uint16_t *row = g + r * gs;
+            size_t i = 0;
+            for (; i + 16 <= n; i += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_f16(row + i, 8), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load_f16(row + i + 8, 8), a1);
+            }
+            for (; i < n; i += 8)
+                a0 = _mm256_fmadd_ps(load_f32(q + i, n - i), load_f16(row + i, n - i), a0);
+        }
+        part[r] = _mm256_add_ps(a0, a1);
+    }
+    _mm256_maskstore_ps(out, tail8(nr), hsum8_ps(part));
+}
+
+INLINE void stream8_i8(const int8_t *q, const int8_t *g, size_t gs, size_t nr, size_t n,
+                       int32_t *out)
+{
+    __m256i part[8];
+    for (size_t r = 0; r < 8; r++) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        if (r < nr) {
+            const int8_t *row = g + r * gs;
+            size_t i = 0;
+            for (; i + 32 <= n; i += 32) {
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(load_i8(q + i, 16), load_i8(row + i, 16)));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(load_i8(q + i + 16, 16),
+                                                            load_i8(row + i + 16, 16)));
+            }
+            for (; i < n; i += 16)
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(load_i8(q + i, n - i), load_i8(row + i, n - i)));
+        }
+        part[r] = _mm256_add_epi32(a0, a1);
+    }
+    _mm256_maskstore_epi32(out, tail8(nr), hsum8_i32(part));
+}
+
+/* The common blocking loop: a lone probe streams; otherwise full PB x RB
+ * blocks, then the ragged edges. */
+#define BATCH_LOOP(MK, STREAM)                                                     \
     for (size_t i = 0; i < nq; i += PB) {                                         \
         size_t np = nq - i < PB ? nq - i : PB;                                    \
+        if (np == 1) {                                                            \
+            for (size_t j = 0; j < ng; j += 8)                                    \
+                STREAM(q + i * qstride, g + j * gstride, gstride,                 \
+                       ng - j < 8 ? ng - j : 8, n, out + i * ldo + j);            \
+            continue;                                                             \
+        }                                                                         \
         for (size_t j = 0; j < ng; j += RB) {                                     \
             size_t nr = ng - j < RB ? ng - j : RB;                                \
             if (np == PB && nr == RB)                                             \
@@ -189,13 +282,13 @@ INLINE void mk_i8(const int8_t *q, size_t qs, size_t np, const int8_t *g, size_t
 static void batch_f32(const float *q, size_t qstride, size_t nq, const float *g,
                       size_t gstride, size_t ng, size_t n, float *out, size_t ldo)
 {
-    BATCH_LOOP(mk_f32)
+    BATCH_LOOP(mk_f32, stream8_f32)
 }
 
 static void batch_f16(const float *q, size_t qstride, size_t nq, const uint16_t *g,
                       size_t gstride, size_t ng, size_t n, float *out, size_t ldo)
 {
-    BATCH_LOOP(mk_f16)
+    BATCH_LOOP(mk_f16, stream8_f16)
 }
 
 static void batch_i8(const int8_t *q, size_t qstride, size_t nq, const int8_t *g,
@@ -203,7 +296,7 @@ static void batch_i8(const int8_t *q, size_t qstride, size_t nq, const int8_t *g
                      int32_t *out, size_t ldo)
 {
     (void)gsum;
-    BATCH_LOOP(mk_i8)
+    BATCH_LOOP(mk_i8, stream8_i8)
 }
 
 /* ---------------------------------------------------------------- iris */
@@ -259,6 +352,49 @@ static void iris_counts(const uint8_t *pc, const uint8_t *pm, size_t pstride,
     }
 }
 
+/* ---------------------------------------------------------- score filter */
+
+static void iris_rows(const uint8_t *pc, const uint8_t *pm, size_t pstride, size_t nshift,
+                      const uint8_t *g, size_t gstride, size_t moff, size_t nrows,
+                      size_t nbytes, uint32_t *diff, uint32_t *valid)
+{
+    for (size_t r = 0; r < nrows; r++) {
+        const uint8_t *row = g + r * gstride;
+        iris_counts(pc, pm, pstride, nshift, row, row + moff, nbytes, diff + r * nshift,
+                    valid + r * nshift);
+    }
+}
+
+static void scale_i8(const int32_t *dot, const float *gscale, float pscale, size_t n, float *out)
+{
+    __m256 ps = _mm256_set1_ps(pscale);
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 d = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(const void *)(dot + j)));
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(d, _mm256_mul_ps(ps, _mm256_loadu_ps(gscale + j))));
+    }
+    for (; j < n; j++)
+        out[j] = (float)dot[j] * (pscale * gscale[j]);
+}
+
+static size_t select_ge(const float *s, size_t n, float floor, uint32_t *idx)
+{
+    __m256 f = _mm256_set1_ps(floor);
+    size_t c = 0, j = 0;
+    for (; j + 8 <= n; j += 8) {
+        /* Ordered compare: NaN never passes. */
+        unsigned hit = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + j), f, _CMP_GE_OQ));
+        while (hit != 0) {
+            idx[c++] = (uint32_t)(j + (size_t)__builtin_ctz(hit));
+            hit &= hit - 1;
+        }
+    }
+    for (; j < n; j++)
+        if (s[j] >= floor)
+            idx[c++] = (uint32_t)j;
+    return c;
+}
+
 const struct bm_kernels bm_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32,
@@ -268,4 +404,7 @@ const struct bm_kernels bm_kernels_avx2 = {
     .batch_f16 = batch_f16,
     .batch_i8 = batch_i8,
     .iris_counts = iris_counts,
+    .iris_rows = iris_rows,
+    .scale_i8 = scale_i8,
+    .select_ge = select_ge,
 };

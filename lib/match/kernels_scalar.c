@@ -71,6 +71,32 @@ static void iris_counts(const uint8_t *pc, const uint8_t *pm, size_t pstride,
     }
 }
 
+static void iris_rows(const uint8_t *pc, const uint8_t *pm, size_t pstride, size_t nshift,
+                      const uint8_t *g, size_t gstride, size_t moff, size_t nrows,
+                      size_t nbytes, uint32_t *diff, uint32_t *valid)
+{
+    for (size_t r = 0; r < nrows; r++) {
+        const uint8_t *row = g + r * gstride;
+        iris_counts(pc, pm, pstride, nshift, row, row + moff, nbytes, diff + r * nshift,
+                    valid + r * nshift);
+    }
+}
+
+static void scale_i8(const int32_t *dot, const float *gscale, float pscale, size_t n, float *out)
+{
+    for (size_t j = 0; j < n; j++)
+        out[j] = (float)dot[j] * (pscale * gscale[j]);
+}
+
+static size_t select_ge(const float *s, size_t n, float floor, uint32_t *idx)
+{
+    size_t c = 0;
+    for (size_t j = 0; j < n; j++)
+        if (s[j] >= floor)
+            idx[c++] = (uint32_t)j;
+    return c;
+}
+
 const struct bm_kernels bm_kernels_scalar = {
     .name = "scalar",
     .dot_f32 = dot_f32,
@@ -80,4 +106,7 @@ const struct bm_kernels bm_kernels_scalar = {
     .batch_f16 = batch_f16,
     .batch_i8 = batch_i8,
     .iris_counts = iris_counts,
+    .iris_rows = iris_rows,
+    .scale_i8 = scale_i8,
+    .select_ge = select_ge,
 };

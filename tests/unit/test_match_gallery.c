@@ -233,14 +233,17 @@ static void test_search_vs_brute(void **state)
                     memcpy(pv + i * dim, first, dim * sizeof *pv);
                 probes[i].dense = pv + i * dim;
             }
-            size_t ks[] = {1, 10, 7000};
+            /* Probe counts: 70 (full blocks + remainder groups), 3, a lone
+             * probe (the streaming kernels) and 9 (a group of 8 + 1). */
+            size_t ks[] = {1, 10, 7000, 10, 4};
+            size_t nps[] = {NP, NP, 3, 1, 9};
             for (int l = BM_SIMD_SCALAR; l <= BM_SIMD_AVX512; l++) {
                 if (bm_simd_force((enum bm_simd)l) != BM_OK)
                     continue;
-                for (size_t ki = 0; ki < 3; ki++) {
+                for (size_t ki = 0; ki < 5; ki++) {
                     size_t k = ks[ki];
-                    size_t np = ki == 2 ? 3 : NP;
-                    float thr = ki == 1 ? 0.05f : -INFINITY;
+                    size_t np = nps[ki];
+                    float thr = ki == 1 || ki == 4 ? 0.05f : -INFINITY;
                     struct bm_candidate *got = malloc(np * k * sizeof *got);
                     struct bm_candidate *want = malloc(np * k * sizeof *want);
                     uint64_t cmp = 0;
@@ -446,6 +449,126 @@ static void test_pool_concurrent_callers(void **state)
     bm_pool_free(p);
 }
 
+/* Many small updates against a model: the incremental index (delta over a
+ * shared base, rebuilt on drops and when the delta outgrows its budget)
+ * must always give the same live set as recomputing from scratch. Ids come
+ * from a small space, so upserts hit rows in older segments, in the delta
+ * and in the base, and within one segment; the tombstone set is replaced
+ * on every update; some updates drop a segment (reviving shadowed rows). */
+enum { UP_IDS = 4000, UP_DIM = 64, UP_MAXSEG = 80 };
+
+struct up_seg {
+    uint64_t sid;
+    size_t n;
+    uint64_t ids[160];
+    uint32_t seed[160];       /* row vector = pattern(seed) */
+};
+
+static void up_vec(uint32_t seed, float *v)
+{
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (size_t j = 0; j < UP_DIM; j++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v[j] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
+    }
+}
+
+static void test_incremental_updates(void **state)
+{
+    (void)state;
+    char err[256];
+    struct bm_spec s = dense_spec(UP_DIM, BM_DTYPE_F32);
+    struct bm_gallery *g = bm_gallery_new(&s, NULL, err, sizeof err);
+    assert_non_null(g);
+    static struct up_seg model[UP_MAXSEG];
+    size_t nm = 0;
+    uint32_t seed = 1;
+    uint64_t r = 99;
+    float v[UP_DIM];
+    for (int u = 0; u < 70; u++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t drop = 0;
+        size_t ndrop = 0;
+        /* Drops in the first half only, so the second half's delta grows
+         * past its budget and the base is rebuilt without a drop too. */
+        if (u % 9 == 8 && u < 35 && nm > 1) {
+            size_t d = (size_t)(r >> 33) % nm;
+            drop = model[d].sid;
+            ndrop = 1;
+            memmove(&model[d], &model[d + 1], (nm - d - 1) * sizeof model[0]);
+            nm--;
+        }
+        /* Mostly small segments, sometimes a big one (forces a rebuild). */
+        size_t n = (u < 35 ? u % 13 == 5 : u % 4 == 0) ? 160 : 1 + (size_t)(r >> 40) % 40;
+        assert_true(nm < UP_MAXSEG);
+        struct up_seg *m = &model[nm];
+        m->sid = 1000 + (uint64_t)u;
+        m->n = n;
+        struct bm_segment *seg = bm_segment_new(&s, m->sid, n, err, sizeof err);
+        assert_non_null(seg);
+        for (size_t i = 0; i < n; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            m->ids[i] = (r >> 33) % UP_IDS;
+            m->seed[i] = seed++;
+            up_vec(m->seed[i], v);
+            assert_int_equal(bm_segment_add_dense(seg, m->ids[i], v, err, sizeof err), BM_OK);
+        }
+        nm++;
+        uint64_t tomb[30];
+        for (size_t i = 0; i < 30; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            tomb[i] = (r >> 33) % UP_IDS;
+        }
+        assert_int_equal(bm_gallery_update(g, &seg, 1, ndrop ? &drop : NULL, ndrop, tomb, 30, err,
+                                           sizeof err), BM_OK);
+        /* The model: the last row of each id over the kept segments wins. */
+        static uint32_t latest[UP_IDS];
+        memset(latest, 0, sizeof latest);
+        for (size_t a = 0; a < nm; a++)
+            for (size_t i = 0; i < model[a].n; i++)
+                latest[model[a].ids[i]] = model[a].seed[i];
+        for (size_t i = 0; i < 30; i++)
+            latest[tomb[i]] = 0;
+        size_t live = 0;
+        for (size_t id = 0; id < UP_IDS; id++)
+            live += latest[id] != 0;
+        assert_int_equal(bm_gallery_count(g), live);
+        for (size_t id = 0; id < UP_IDS; id++) {
+            float sc = 0;
+            float pv[UP_DIM];
+            up_vec(latest[id] != 0 ? latest[id] : 1, pv);
+            struct bm_probe p = {pv, NULL, NULL};
+            int rc = bm_gallery_verify(g, &p, id, &sc, err, sizeof err);
+            if (latest[id] == 0) {
+                assert_int_equal(rc, BM_ENOTFOUND);
+            } else {
+                assert_int_equal(rc, BM_OK);
+                /* Its own vector: the right row scores 1. */
+                assert_true(fabsf(sc - 1.0f) < 1e-5f);
+            }
+        }
+        /* The search reports exactly the live ids, each once. */
+        struct bm_candidate *out = malloc(UP_IDS * sizeof *out);
+        struct bm_probe p = {v, NULL, NULL};
+        assert_int_equal(bm_gallery_search(g, &p, 1, UP_IDS, -INFINITY, out, NULL, err, sizeof err), BM_OK);
+        static uint8_t seen[UP_IDS];
+        memset(seen, 0, sizeof seen);
+        size_t found = 0;
+        for (size_t i = 0; i < UP_IDS && out[i].id != BM_NO_ID; i++) {
+            assert_true(out[i].id < UP_IDS);
+            assert_int_equal(seen[out[i].id], 0);
+            assert_true(latest[out[i].id] != 0);
+            seen[out[i].id] = 1;
+            found++;
+        }
+        assert_int_equal(found, live);
+        free(out);
+    }
+    bm_gallery_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -454,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_known_vectors),
         cmocka_unit_test(test_rejects),
         cmocka_unit_test(test_search_vs_brute),
+        cmocka_unit_test(test_incremental_updates),
         cmocka_unit_test(test_version_pinning),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -143,8 +143,12 @@ static void run_batches(const struct bm_kernels *k)
     static const size_t dims[] = {1, 2, 15, 16, 17, 31, 63, 64, 65, 100, 129, 512};
     for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
         size_t n = dims[di];
+        /* Row counts cross the 4-row blocks and the 16-row streaming
+         * blocks (with tails); probe counts cross the 4-probe blocks. */
+        static const size_t ngs[] = {1, 4, 7, 10, 13, 16, 17, 31, 35};
         for (size_t nq = 1; nq <= 9; nq += 2)
-            for (size_t ng = 1; ng <= 13; ng += 3) {
+            for (size_t gi_ = 0; gi_ < sizeof ngs / sizeof ngs[0]; gi_++) {
+                size_t ng = ngs[gi_];
                 size_t qs = n + 3, gs = n + 5; /* odd strides: misaligned rows */
                 float *q = malloc(nq * qs * 4), *g = malloc(ng * gs * 4);
                 uint16_t *gh = malloc(ng * gs * 2);
@@ -225,6 +229,85 @@ static void run_iris(const struct bm_kernels *k)
         free(buf[i]);
 }
 
+/* iris_rows against the scalar twin: row and shift counts that cross the
+ * register blocks, byte lengths with and without a partial 64-byte step,
+ * odd strides, inputs ending at the end of their heap blocks. */
+static void run_iris_rows(const struct bm_kernels *k)
+{
+    const struct bm_kernels *ref = &bm_kernels_scalar;
+    static const size_t lens[] = {0, 1, 63, 64, 65, 130, 200, 2048};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        size_t n = lens[li];
+        for (size_t nrows = 1; nrows <= 9; nrows++)
+            for (size_t nshift = 1; nshift <= 7; nshift += 2) {
+                size_t pstride = n + 3, gstride = 2 * n + 7, moff = n + 1;
+                size_t pbytes = (nshift - 1) * pstride + n, gbytes = (nrows - 1) * gstride + moff + n;
+                uint8_t *src = malloc(3 * pbytes + gbytes + 1);
+                assert_non_null(src);
+                for (size_t i = 0; i < 3 * pbytes + gbytes + 1; i++)
+                    src[i] = (uint8_t)next();
+                void *b[3];
+                const uint8_t *pc = place(src, pbytes, nrows % 64, &b[0]);
+                const uint8_t *pm = place(src + pbytes, pbytes, (nrows * 7) % 64, &b[1]);
+                const uint8_t *g = place(src + 2 * pbytes, gbytes, (nshift * 5) % 64, &b[2]);
+                uint32_t d1[9 * 7], v1[9 * 7], d2[9 * 7], v2[9 * 7];
+                ref->iris_rows(pc, pm, pstride, nshift, g, gstride, moff, nrows, n, d1, v1);
+                k->iris_rows(pc, pm, pstride, nshift, g, gstride, moff, nrows, n, d2, v2);
+                assert_memory_equal(d1, d2, nrows * nshift * 4);
+                assert_memory_equal(v1, v2, nrows * nshift * 4);
+                for (int i = 0; i < 3; i++)
+                    free(b[i]);
+                free(src);
+            }
+    }
+}
+
+/* scale_i8 bit for bit, select_ge exactly (NaN never selected, ties at the
+ * floor selected), at every length 0..80 and misalignment. */
+static void run_filter(const struct bm_kernels *k)
+{
+    const struct bm_kernels *ref = &bm_kernels_scalar;
+    enum { NMAX = 80 };
+    int32_t dot[NMAX];
+    float gs[NMAX], s[NMAX], o1[NMAX], o2[NMAX + 16];
+    uint32_t i1[NMAX], i2[NMAX];
+    for (size_t n = 0; n <= NMAX; n++) {
+        for (size_t i = 0; i < n; i++) {
+            dot[i] = (int32_t)(next() % 4000001) - 2000000;
+            gs[i] = (float)(next() % 1000 + 1) / 1e5f;
+            switch (next() % 6) {
+            case 0: s[i] = NAN; break;
+            case 1: s[i] = 0.25f; break;       /* equal to the floor below */
+            case 2: s[i] = -INFINITY; break;
+            case 3: s[i] = INFINITY; break;
+            default: s[i] = frand(); break;
+            }
+        }
+        ref->scale_i8(dot, gs, 0.0123f, n, o1);
+        for (size_t off = 0; off < 4; off++) {
+            k->scale_i8(dot, gs, 0.0123f, n, o2 + off);
+            if (n > 0)
+                assert_memory_equal(o1, o2 + off, n * sizeof *o1);
+        }
+        /* In place, as the search uses it. */
+        int32_t inplace[NMAX];
+        memcpy(inplace, dot, sizeof dot);
+        k->scale_i8(inplace, gs, 0.0123f, n, (float *)(void *)inplace);
+        if (n > 0)
+            assert_memory_equal(o1, inplace, n * sizeof *o1);
+        const float floors[] = {0.25f, -INFINITY, INFINITY, -0.5f};
+        for (size_t f = 0; f < 4; f++) {
+            size_t c1 = ref->select_ge(s, n, floors[f], i1);
+            size_t c2 = k->select_ge(s, n, floors[f], i2);
+            assert_int_equal(c1, c2);
+            if (c1 > 0)
+                assert_memory_equal(i1, i2, c1 * sizeof *i1);
+            for (size_t c = 0; c < c1; c++)
+                assert_true(s[i1[c]] >= floors[f]);
+        }
+    }
+}
+
 static void for_each_level(void (*fn)(const struct bm_kernels *))
 {
     int ran = 0;
@@ -244,6 +327,8 @@ static void for_each_level(void (*fn)(const struct bm_kernels *))
 static void test_dots(void **state) { (void)state; for_each_level(run_dots); }
 static void test_batches(void **state) { (void)state; for_each_level(run_batches); }
 static void test_iris_counts(void **state) { (void)state; for_each_level(run_iris); }
+static void test_iris_rows(void **state) { (void)state; for_each_level(run_iris_rows); }
+static void test_filter(void **state) { (void)state; for_each_level(run_filter); }
 
 static void test_known_dots(void **state)
 {
@@ -304,6 +389,8 @@ int main(void)
         cmocka_unit_test(test_dots),
         cmocka_unit_test(test_batches),
         cmocka_unit_test(test_iris_counts),
+        cmocka_unit_test(test_iris_rows),
+        cmocka_unit_test(test_filter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
