@@ -14,12 +14,20 @@
  * holds the stored bytes and the builder and every rebuild copy them
  * verbatim (docs/storage.md section 7).
  *
+ * Pipelining: records are cut into batches (ENROLL_BATCH_MAX records or
+ * ENROLL_BATCH_MS), and up to ENROLL_INFLIGHT batches wait for their
+ * delivery reports while the next ones are consumed, so the loop never
+ * idles on a produce round trip (bulk imports run at the speed of the
+ * per-record work, docs/benchmarks.md "Enrollment and shard loading").
+ *
  * Invariant (no acknowledged enrollment lost): an `enroll` offset is stored
  * only after every gallery.<name> record (and rejection record) produced
- * for the messages before it has a successful delivery report. A batch
- * with a failed delivery stores nothing; the consumer is recreated and the
- * batch is consumed again from the committed offsets (at-least-once; a
- * repeated upsert or delete is idempotent on the compacted log). */
+ * for the messages before it has a successful delivery report: batches
+ * retire strictly in order, and a batch stores its offsets only when it
+ * and every batch before it were fully acknowledged. A batch with a failed
+ * delivery stores nothing, nor does any batch after it; the consumer is
+ * recreated and consumes again from the committed offsets (at-least-once;
+ * a repeated upsert or delete is idempotent on the compacted log). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +51,10 @@
 #include "wire/shard.h"
 #include "wire/template.h"
 
-#define ENROLL_BATCH_MAX 8192      /* messages per batch */
-#define ENROLL_BATCH_MS 50         /* longest a batch collects */
+#define ENROLL_BATCH_MAX 4096      /* messages per batch */
+#define ENROLL_BATCH_MS 20         /* longest a batch collects */
+#define ENROLL_INFLIGHT 16         /* batches awaiting delivery reports */
+#define ENROLL_ACK_TIMEOUT_MS 120000
 #define ENROLL_NEG_CACHE_MS 1000   /* an unknown gallery is asked again after this */
 #define ENROLL_CACHE_MAX 256
 #define ENROLL_SCRATCH_ROWS 1024
@@ -65,6 +75,17 @@ struct tpoff {
     int64_t next;
 };
 
+/* One batch of consumed records and the deliveries that gate its offsets.
+ * Delivery callbacks get the batch as their opaque pointer. */
+struct batch {
+    int outstanding;   /* critical sends not yet reported */
+    int failed;        /* critical sends failed or refused */
+    size_t n;          /* records consumed into the batch */
+    long long deadline_ms;
+    struct tpoff tps[ENROLL_MAX_TPS];
+    size_t ntps;
+};
+
 struct enroll {
     struct bm_coord_ctx *ctx;
     struct bm_redis *redis;
@@ -79,10 +100,9 @@ struct enroll {
     char t_audit[BM_TOPIC_MAX];
     struct galent cache[ENROLL_CACHE_MAX];
     size_t ncache;
-    struct tpoff tps[ENROLL_MAX_TPS];
-    size_t ntps;
-    int critical_outstanding;  /* sends whose report gates the batch's offsets */
-    int critical_failed;
+    struct batch ring[ENROLL_INFLIGHT];  /* ring[head .. head+nbatch) in flight */
+    size_t head, nbatch;
+    struct batch *cur;         /* the batch being filled: the ring's last */
     float vec[BM_WIRE_MAX_DIM];
     uint8_t packed[BM_WIRE_MAX_DIM * 4];
     struct bm_counter *m_accepted;
@@ -153,10 +173,10 @@ static int gallery_lookup(struct enroll *e, const char *name, struct galent **ou
 
 static void on_critical(const struct bm_delivery *d, void *opaque)
 {
-    struct enroll *e = opaque;
-    e->critical_outstanding--;
+    struct batch *b = opaque;
+    b->outstanding--;
     if (d->err != BM_OK) {
-        e->critical_failed++;
+        b->failed++;
         BM_LOGF(BM_LOG_ERROR, "enroll: delivery failed", BM_LF_STR("topic", d->topic),
                 BM_LF_STR("error", d->errstr));
     }
@@ -179,15 +199,16 @@ static int send(struct enroll *e, const char *topic, int32_t partition, const vo
     for (int attempt = 0;; attempt++) {
         int rc = bm_producer_send(e->producer, topic, partition, key, keylen, val, vallen,
                                   h ? h->v : NULL, h ? h->n : 0,
-                                  critical ? on_critical : on_best_effort, e);
+                                  critical ? on_critical : on_best_effort,
+                                  critical ? (void *)e->cur : (void *)e);
         if (rc == BM_OK) {
             if (critical)
-                e->critical_outstanding++;
+                e->cur->outstanding++;
             return BM_OK;
         }
         if (rc != BM_ERANGE || attempt > 600) {
             if (critical)
-                e->critical_failed++;
+                e->cur->failed++;
             BM_LOGF(BM_LOG_ERROR, "enroll: send refused", BM_LF_STR("topic", topic),
                     BM_LF_STR("error", bm_strerror(rc)));
             return rc;
@@ -526,18 +547,18 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
 
 /* ------------------------------------------------------------ batches */
 
-static void note_offset(struct enroll *e, const struct bm_bus_msg *m)
+static void note_offset(struct batch *b, const struct bm_bus_msg *m)
 {
-    for (size_t i = 0; i < e->ntps; i++) {
-        if (e->tps[i].partition == m->partition && strcmp(e->tps[i].topic, m->topic) == 0) {
-            if (m->offset + 1 > e->tps[i].next)
-                e->tps[i].next = m->offset + 1;
+    for (size_t i = 0; i < b->ntps; i++) {
+        if (b->tps[i].partition == m->partition && strcmp(b->tps[i].topic, m->topic) == 0) {
+            if (m->offset + 1 > b->tps[i].next)
+                b->tps[i].next = m->offset + 1;
             return;
         }
     }
-    if (e->ntps == ENROLL_MAX_TPS)
+    if (b->ntps == ENROLL_MAX_TPS)
         return; /* cannot happen with one topic of <= 256 partitions */
-    struct tpoff *t = &e->tps[e->ntps++];
+    struct tpoff *t = &b->tps[b->ntps++];
     snprintf(t->topic, sizeof t->topic, "%s", m->topic);
     t->partition = m->partition;
     t->next = m->offset + 1;
@@ -568,51 +589,136 @@ static void close_consumer(struct enroll *e)
     e->consumer = NULL;
 }
 
-/* Collect one batch, wait for its critical deliveries, store its offsets.
- * Returns BM_OK, or an error after which the consumer must be recreated. */
-static int run_batch(struct enroll *e)
+/* Start filling a new batch at the ring's tail (the caller made room). */
+static void batch_open(struct enroll *e)
+{
+    struct batch *b = &e->ring[(e->head + e->nbatch) % ENROLL_INFLIGHT];
+    /* A slot forgotten by drain_all() with reports still owed (a delivery
+     * slower than ENROLL_ACK_TIMEOUT_MS, or purged later) keeps its count
+     * and is born failed: those late reports must not make it look
+     * acknowledged, so it is consumed again instead of retired. */
+    b->failed = b->outstanding != 0;
+    b->n = 0;
+    b->ntps = 0;
+    b->deadline_ms = 0;
+    e->nbatch++;
+    e->cur = b;
+}
+
+/* Retire acknowledged batches in order, storing their offsets; the batch
+ * being filled is never retired. Returns BM_EKAFKA when a batch failed
+ * (nothing from it or after it is stored), else BM_OK. */
+static int retire(struct enroll *e)
+{
+    while (e->nbatch > 1) {
+        struct batch *b = &e->ring[e->head];
+        if (b->failed > 0) {
+            BM_LOGF(BM_LOG_ERROR, "enroll: batch not acknowledged; consuming it again",
+                    BM_LF_INT("failed", b->failed), BM_LF_INT("outstanding", b->outstanding));
+            return BM_EKAFKA;
+        }
+        if (b->outstanding > 0)
+            return BM_OK;
+        for (size_t i = 0; i < b->ntps; i++)
+            bm_consumer_store_offset(e->consumer, b->tps[i].topic, b->tps[i].partition,
+                                     b->tps[i].next);
+        e->head = (e->head + 1) % ENROLL_INFLIGHT;
+        e->nbatch--;
+    }
+    return BM_OK;
+}
+
+/* Close the batch being filled and open the next, first waiting (bounded)
+ * for the oldest batch when the ring is full. BM_OK or BM_EKAFKA (a batch
+ * failed or stayed unacknowledged: the caller rewinds). */
+static int batch_cut(struct enroll *e)
+{
+    bm_producer_poll(e->producer, 0);
+    int rc = retire(e);
+    long long deadline = bm_coord_mono_ms() + ENROLL_ACK_TIMEOUT_MS;
+    while (rc == BM_OK && e->nbatch == ENROLL_INFLIGHT) {
+        if (bm_coord_mono_ms() >= deadline) {
+            BM_LOGF(BM_LOG_ERROR, "enroll: deliveries not acknowledged in time",
+                    BM_LF_INT("outstanding", e->ring[e->head].outstanding));
+            return BM_EKAFKA;
+        }
+        bm_producer_poll(e->producer, 10);
+        rc = retire(e);
+    }
+    if (rc == BM_OK)
+        batch_open(e);
+    return rc;
+}
+
+/* Close the batch being filled (if it holds anything) without waiting,
+ * so retire() may store it; used on a graceful stop. */
+static void batch_open_final(struct enroll *e)
+{
+    if (e->cur->n == 0)
+        return;
+    if (e->nbatch == ENROLL_INFLIGHT) {
+        /* No slot for a new batch: the last one stays unretired and is
+         * consumed again after the restart (at-least-once). */
+        return;
+    }
+    batch_open(e);
+}
+
+/* Wait (bounded) until no critical send is outstanding, so no delivery
+ * callback can reference a batch that is about to be forgotten, then
+ * forget every batch. */
+static void drain_all(struct enroll *e)
+{
+    long long deadline = bm_coord_mono_ms() + ENROLL_ACK_TIMEOUT_MS;
+    for (;;) {
+        int outstanding = 0;
+        for (size_t i = 0; i < e->nbatch; i++)
+            outstanding += e->ring[(e->head + i) % ENROLL_INFLIGHT].outstanding;
+        if (outstanding == 0 || bm_coord_mono_ms() >= deadline)
+            break;
+        bm_producer_poll(e->producer, 50);
+    }
+    e->head = 0;
+    e->nbatch = 0;
+    batch_open(e);
+}
+
+/* Consume one record or wait for one, cutting batches as they fill or
+ * age. Returns BM_OK, or an error after which the consumer must be
+ * recreated (rewind to the committed offsets). */
+static int step(struct enroll *e)
 {
     char err[256];
-    e->ntps = 0;
-    e->critical_failed = 0;
-    long long deadline = bm_coord_mono_ms() + ENROLL_BATCH_MS;
-    size_t n = 0;
-    int rc = BM_OK;
-    while (n < ENROLL_BATCH_MAX) {
-        long long left = deadline - bm_coord_mono_ms();
-        if (left < 0)
-            left = 0;
-        struct bm_bus_msg *m = NULL;
-        int prc = bm_consumer_poll(e->consumer, n == 0 ? 100 : (int)left, &m, err, sizeof err);
-        if (prc == BM_ETIMEDOUT)
-            break;
-        if (prc != BM_OK) {
-            BM_LOGF(BM_LOG_WARN, "enroll: consumer", BM_LF_STR("error", err));
-            break;
-        }
-        rc = handle(e, m);
+    struct batch *b = e->cur;
+    long long now = bm_coord_mono_ms();
+    int timeout = 100;
+    if (b->n > 0) {
+        long long left = b->deadline_ms - now;
+        timeout = left < 0 ? 0 : (int)left;
+    }
+    struct bm_bus_msg *m = NULL;
+    int prc = bm_consumer_poll(e->consumer, timeout, &m, err, sizeof err);
+    if (prc == BM_OK) {
+        int rc = handle(e, m);
         if (rc == BM_OK)
-            note_offset(e, m);
+            note_offset(b, m);
         bm_bus_msg_free(m);
-        n++;
         if (rc != BM_OK)
-            break; /* transient: this message and the rest are consumed again */
-        if (left == 0)
-            break;
+            return rc; /* transient: this message and the rest are consumed again */
+        if (b->n++ == 0)
+            b->deadline_ms = now + ENROLL_BATCH_MS;
+    } else if (prc != BM_ETIMEDOUT) {
+        BM_LOGF(BM_LOG_WARN, "enroll: consumer", BM_LF_STR("error", err));
     }
-    bm_producer_poll(e->producer, 0);
-    long long flush_deadline = bm_coord_mono_ms() + 120000;
-    while (e->critical_outstanding > 0 && bm_coord_mono_ms() < flush_deadline)
-        bm_producer_poll(e->producer, 50);
-    if (e->critical_outstanding > 0 || e->critical_failed > 0 || rc != BM_OK) {
-        BM_LOGF(BM_LOG_ERROR, "enroll: batch not acknowledged; consuming it again",
-                BM_LF_INT("failed", e->critical_failed),
-                BM_LF_INT("outstanding", e->critical_outstanding));
-        return rc != BM_OK ? rc : BM_EKAFKA;
+    if (b->n >= ENROLL_BATCH_MAX || (b->n > 0 && bm_coord_mono_ms() >= b->deadline_ms) ||
+        (b->n == 0 && prc != BM_OK)) {
+        /* An empty batch is cut too when idle, so older batches retire. */
+        if (b->n == 0) {
+            bm_producer_poll(e->producer, 0);
+            return retire(e);
+        }
+        return batch_cut(e);
     }
-    for (size_t i = 0; i < e->ntps; i++)
-        bm_consumer_store_offset(e->consumer, e->tps[i].topic, e->tps[i].partition,
-                                 e->tps[i].next);
     return BM_OK;
 }
 
@@ -659,12 +765,19 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
     e->m_deleted = bm_metrics_counter(ctx->metrics, "biomatch_enroll_deletes_total",
                                       "Accepted enrollment deletes (tombstones produced)",
                                       NULL, err, sizeof err);
+    /* Bulk imports: librdkafka 2.0 backs a partition's fetcher off for
+     * fetch.error.backoff.ms (500 ms) whenever the local queue is over
+     * queued.max.messages.kbytes, which stalled intake for ~0.4 s at a
+     * time; back off briefly instead and fetch bigger pieces. */
     static const struct bm_bus_prop extra[] = {
         {"linger.ms", "10"},
         {"queue.buffering.max.messages", "1000000"},
         {"max.poll.interval.ms", "600000"},
+        {"fetch.error.backoff.ms", "10"},
+        {"max.partition.fetch.bytes", "4194304"},
     };
-    if ((rc = bm_coord_bus_conf(ctx, extra, 3, &e->bus, &e->props, err, sizeof err)) != BM_OK)
+    if ((rc = bm_coord_bus_conf(ctx, extra, sizeof extra / sizeof extra[0], &e->bus,
+                                &e->props, err, sizeof err)) != BM_OK)
         goto fail;
     if ((e->audit = bm_audit_new(writer, err, sizeof err)) == NULL ||
         (e->redis = bm_coord_redis(ctx, err, sizeof err)) == NULL ||
@@ -676,11 +789,13 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
         goto fail;
     BM_LOGF(BM_LOG_INFO, "enrollment intake started", BM_LF_STR("topic", e->t_enroll),
             BM_LF_STR("group", e->group));
+    batch_open(e);
     while (!bm_coord_stopping(ctx)) {
-        if (run_batch(e) == BM_OK)
+        if (step(e) == BM_OK)
             continue;
-        /* Forget the unacknowledged batch: a fresh consumer starts from the
-         * committed offsets, which never passed it. */
+        /* Forget the unacknowledged batches: a fresh consumer starts from
+         * the committed offsets, which never passed them. */
+        drain_all(e);
         close_consumer(e);
         struct timespec ts = {0, 500 * 1000000L};
         nanosleep(&ts, NULL);
@@ -695,6 +810,17 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
         }
         if ((rc = open_consumer(e, err, sizeof err)) != BM_OK)
             goto fail;
+    }
+    /* Graceful stop: wait (bounded) for the reports of what was consumed,
+     * so its offsets are stored and committed by the consumer's close. */
+    {
+        long long deadline = bm_coord_mono_ms() + 30000;
+        batch_open_final(e);
+        while (e->nbatch > 1 && bm_coord_mono_ms() < deadline) {
+            bm_producer_poll(e->producer, 20);
+            if (retire(e) != BM_OK)
+                break;
+        }
     }
     BM_LOGF(BM_LOG_INFO, "enrollment intake stopping", BM_LF_STR("topic", e->t_enroll));
     enroll_free(e);

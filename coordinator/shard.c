@@ -42,6 +42,10 @@
 #define SEG_GEN_BITS 16
 #define SEG_GEN_MASK ((UINT64_C(1) << SEG_GEN_BITS) - 1)
 #define COMPACT_MAX_SEGMENTS 32
+/* A buffer of at least segment_max_bytes / SEAL_IDLE_MIN_FRACTION that got
+ * no change for SEAL_IDLE_MS is sealed without waiting for its age. */
+#define SEAL_IDLE_MS 100
+#define SEAL_IDLE_MIN_FRACTION 32
 
 /* ------------------------------------------------------------ buffer */
 
@@ -61,6 +65,7 @@ struct sbuf {
     struct bm_keymap *idx;  /* key -> slot */
     int64_t est_bytes;      /* blob bytes the upserts would take */
     long long first_ms;     /* when the oldest buffered change arrived */
+    long long last_ms;      /* when the newest buffered change arrived */
     int64_t last_offset;
 };
 
@@ -77,6 +82,7 @@ static void sbuf_clear(struct sbuf *b)
     b->n = 0;
     b->est_bytes = 0;
     b->first_ms = 0;
+    b->last_ms = 0;
     b->last_offset = -1;
     if (b->idx != NULL)
         bm_keymap_clear(b->idx);
@@ -215,7 +221,14 @@ int bm_gshard_due(const struct bm_gshard *sh, long long now_ms)
 {
     if (sh->buf.n == 0)
         return 0;
-    return sh->buf.est_bytes + BM_SEGBLOB_HEADER_BYTES >= sh->env.segment_max_bytes ||
+    /* Early seal at the end of a burst: when nothing arrived for a while
+     * and the buffer is already a sizeable segment, waiting for the age
+     * limit only delays the enrollments (a bulk import's tail). Small
+     * buffers (a trickle) still wait for the age limit, so a trickle does
+     * not turn into many tiny segments. */
+    int idle = now_ms - sh->buf.last_ms >= SEAL_IDLE_MS &&
+               sh->buf.est_bytes >= sh->env.segment_max_bytes / SEAL_IDLE_MIN_FRACTION;
+    return idle || sh->buf.est_bytes + BM_SEGBLOB_HEADER_BYTES >= sh->env.segment_max_bytes ||
            now_ms - sh->buf.first_ms >= sh->env.segment_max_age_ms;
 }
 
@@ -353,6 +366,7 @@ static int buffer_record(struct bm_gshard *sh, struct sbuf *b, int64_t offset,
     }
     if (offset > b->last_offset)
         b->last_offset = offset;
+    b->last_ms = bm_coord_mono_ms();
     return BM_OK;
 }
 

@@ -1,12 +1,22 @@
 /* Open-addressing map from matcher key to subject id (see subjects.h).
  *
- * Slots are two parallel arrays, keys[] and offs[]; offs[i] == 0 marks an
- * empty slot, which is why the arena never hands out offset 0 (its first
- * byte is a dummy). Every key is a 64-bit hash already, but FNV-1a's low
- * bits are weak for sequential ids, so the home slot is taken from the high
- * bits of a Fibonacci multiply. Strings are stored as one length byte plus
- * the bytes. Nothing is ever removed: keys of subjects that leave the shard
- * only cost their bytes until the worker rebuilds the table on a full load. */
+ * Memory is the point (a worker holds one table per loaded shard next to
+ * the templates, and the goal is <= 1.1x the template bytes in all): a slot
+ * is only a 4-byte arena offset (0 = empty; the arena's first byte is a
+ * dummy so no record starts at 0), linear probing, load <= 0.8, so about
+ * 5 bytes per subject plus the record. A record is one header byte, then
+ * the id bytes: header = (length - 1) | EXPLICIT. The key is not stored,
+ * because real callers always insert under bm_subjects_key(id): a probe
+ * recomputes the key from the record (FNV-1a over the id bytes, a few
+ * nanoseconds), paid on inserts while loading and on lookups, which are
+ * rare (the ids of a top-k list), in exchange for 8 bytes per subject.
+ * A record inserted with any
+ * other key (bm_subjects_put_key from tests) has the EXPLICIT bit and its
+ * 8-byte key right after the header. Nothing is ever removed: keys of
+ * subjects that leave the shard only cost their bytes until the worker
+ * rebuilds the table on a full load. The home slot comes from the high
+ * bits of a Fibonacci multiply, because FNV-1a's low bits are weak for
+ * sequential ids. */
 #include "store/subjects.h"
 
 #include <stdlib.h>
@@ -14,14 +24,15 @@
 
 #define LOAD_NUM 4   /* grow when count + 1 > cap * 4 / 5 */
 #define LOAD_DEN 5
+#define EXPLICIT 0x80u    /* record header: an 8-byte key follows */
+#define LEN_MASK 0x7fu    /* record header: length - 1 */
 
 struct bm_subjects {
-    uint64_t *keys;     /* slot keys, valid where offs[i] != 0 */
     uint32_t *offs;     /* slot arena offsets; 0 = empty */
     size_t cap;         /* slots, a power of two */
     unsigned bits;      /* log2(cap) */
     size_t count;       /* occupied slots */
-    uint8_t *arena;     /* [len u8][bytes] records; arena[0] is a dummy */
+    uint8_t *arena;     /* records (see above); arena[0] is a dummy */
     size_t used;        /* arena bytes in use, >= 1 */
     size_t acap;        /* arena capacity */
 };
@@ -58,6 +69,18 @@ static size_t slots_for(size_t n, unsigned *bits)
     return cap;
 }
 
+/* The key a record is stored under. */
+static uint64_t rec_key(const uint8_t *rec)
+{
+    size_t len = (size_t)(rec[0] & LEN_MASK) + 1;
+    if (rec[0] & EXPLICIT) {
+        uint64_t k;
+        memcpy(&k, rec + 1, sizeof k);
+        return k;
+    }
+    return bm_subjects_key((const char *)rec + 1, len);
+}
+
 static int rehash(struct bm_subjects *t, size_t want, char *err, size_t errlen)
 {
     unsigned bits;
@@ -66,25 +89,18 @@ static int rehash(struct bm_subjects *t, size_t want, char *err, size_t errlen)
         return bm_seterr(err, errlen, BM_ERANGE, "subject table: too many subjects");
     if (cap <= t->cap)
         return BM_OK;
-    uint64_t *keys = malloc(cap * sizeof *keys);
     uint32_t *offs = calloc(cap, sizeof *offs);
-    if (keys == NULL || offs == NULL) {
-        free(keys);
-        free(offs);
+    if (offs == NULL)
         return bm_seterr(err, errlen, BM_ENOMEM, "subject table: out of memory");
-    }
     for (size_t i = 0; i < t->cap; i++) {
         if (t->offs[i] == 0)
             continue;
-        size_t j = home(t->keys[i], bits);
+        size_t j = home(rec_key(t->arena + t->offs[i]), bits);
         while (offs[j] != 0)
             j = (j + 1) & (cap - 1);
-        keys[j] = t->keys[i];
         offs[j] = t->offs[i];
     }
-    free(t->keys);
     free(t->offs);
-    t->keys = keys;
     t->offs = offs;
     t->cap = cap;
     t->bits = bits;
@@ -149,7 +165,6 @@ void bm_subjects_free(struct bm_subjects *t)
 {
     if (t == NULL)
         return;
-    free(t->keys);
     free(t->offs);
     free(t->arena);
     free(t);
@@ -171,9 +186,16 @@ int bm_subjects_reserve(struct bm_subjects *t, size_t nsubjects, size_t nbytes,
 static size_t find(const struct bm_subjects *t, uint64_t key)
 {
     size_t j = home(key, t->bits);
-    while (t->offs[j] != 0 && t->keys[j] != key)
+    while (t->offs[j] != 0 && rec_key(t->arena + t->offs[j]) != key)
         j = (j + 1) & (t->cap - 1);
     return j;
+}
+
+/* The id bytes of a record and their length. */
+static const uint8_t *rec_id(const uint8_t *rec, size_t *len)
+{
+    *len = (size_t)(rec[0] & LEN_MASK) + 1;
+    return rec + 1 + ((rec[0] & EXPLICIT) ? sizeof(uint64_t) : 0);
 }
 
 int bm_subjects_put_key(struct bm_subjects *t, uint64_t key, const char *id,
@@ -185,14 +207,17 @@ int bm_subjects_put_key(struct bm_subjects *t, uint64_t key, const char *id,
                          BM_SUBJECT_ID_MAX, len);
     size_t j = find(t, key);
     if (t->offs[j] != 0) {
-        const uint8_t *rec = t->arena + t->offs[j];
-        if (rec[0] == len && memcmp(rec + 1, id, len) == 0)
+        size_t have = 0;
+        const uint8_t *got = rec_id(t->arena + t->offs[j], &have);
+        if (have == len && memcmp(got, id, len) == 0)
             return BM_OK;
         return bm_seterr(err, errlen, BM_ECONFLICT,
                          "subject key collision: two subject ids hash to %016llx",
                          (unsigned long long)key);
     }
-    int rc = arena_reserve(t, len + 1, 0, err, errlen);
+    int expl = key != bm_subjects_key(id, len);
+    size_t rlen = 1 + (expl ? sizeof key : 0) + len;
+    int rc = arena_reserve(t, rlen, 0, err, errlen);
     if (rc != BM_OK)
         return rc;
     if (t->count + 1 > t->cap / LOAD_DEN * LOAD_NUM) {
@@ -202,10 +227,12 @@ int bm_subjects_put_key(struct bm_subjects *t, uint64_t key, const char *id,
         j = find(t, key);
     }
     uint32_t off = (uint32_t)t->used;
-    t->arena[off] = (uint8_t)len;
-    memcpy(t->arena + off + 1, id, len);
-    t->used += len + 1;
-    t->keys[j] = key;
+    uint8_t *rec = t->arena + off;
+    rec[0] = (uint8_t)((len - 1) | (expl ? EXPLICIT : 0));
+    if (expl)
+        memcpy(rec + 1, &key, sizeof key);
+    memcpy(rec + 1 + (expl ? sizeof key : 0), id, len);
+    t->used += rlen;
     t->offs[j] = off;
     t->count++;
     return BM_OK;
@@ -226,10 +253,11 @@ const char *bm_subjects_get(const struct bm_subjects *t, uint64_t key, size_t *l
     size_t j = find(t, key);
     if (t->offs[j] == 0)
         return NULL;
-    const uint8_t *rec = t->arena + t->offs[j];
+    size_t n = 0;
+    const uint8_t *id = rec_id(t->arena + t->offs[j], &n);
     if (len != NULL)
-        *len = rec[0];
-    return (const char *)(rec + 1);
+        *len = n;
+    return (const char *)id;
 }
 
 size_t bm_subjects_count(const struct bm_subjects *t)
@@ -239,5 +267,5 @@ size_t bm_subjects_count(const struct bm_subjects *t)
 
 size_t bm_subjects_memory(const struct bm_subjects *t)
 {
-    return sizeof *t + t->cap * (sizeof *t->keys + sizeof *t->offs) + t->acap;
+    return sizeof *t + t->cap * sizeof *t->offs + t->acap;
 }
