@@ -77,5 +77,6 @@ int cli_gen(int argc, char **argv);
 int cli_submit(int argc, char **argv);
 int cli_tail(int argc, char **argv);
 int cli_up(int argc, char **argv);
+int cli_keygen(int argc, char **argv);
 
 #endif /* BM_CLI_H */

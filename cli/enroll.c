@@ -17,6 +17,7 @@
 
 #include "biomatch.pb-c.h"
 #include "cli.h"
+#include "conf/policy.h"
 #include "conf/topics.h"
 #include "irisfile.h"
 #include "npy.h"
@@ -131,6 +132,7 @@ int cli_enroll(int argc, char **argv)
     struct cli_common c = { 0 };
     const char *gallery = NULL, *idsf = NULL, *npyf = NULL, *irisf = NULL, *del = NULL;
     const char *agency = "cli", *reply = NULL, *reqprefix = NULL, *json = NULL, *quiet = NULL;
+    const char *signkey = NULL, *keyid = NULL;
     const char *pos[1];
     size_t npos = 0;
     const struct cli_opt opts[] = {
@@ -145,6 +147,8 @@ int cli_enroll(int argc, char **argv)
         { "--request-prefix", "P", &reqprefix, "request ids are P-<line> (default cli-<pid>-<ms>)" },
         { "--json", NULL, &json, "print a JSON summary as the last line" },
         { "--quiet", NULL, &quiet, "no progress lines" },
+        { "--sign-key", "FILE", &signkey, "sign each request with this Ed25519 private key (PEM)" },
+        { "--key-id", "ID", &keyid, "the key's id in the policy file (with --sign-key)" },
     };
     int p = cli_parse(argc, argv, 1, opts, sizeof opts / sizeof opts[0], pos, 0, &npos,
                       "biomatch enroll --gallery NAME --ids FILE (--npy FILE | --iris FILE | --delete)",
@@ -159,6 +163,10 @@ int cli_enroll(int argc, char **argv)
                         "--delete\n");
         return 2;
     }
+    if (!!signkey != !!keyid) {
+        fprintf(stderr, "biomatch: --sign-key and --key-id go together\n");
+        return 2;
+    }
     char err[512], reqbuf[64];
     int ret = 1;
     char *idbuf = NULL, **ids = NULL;
@@ -171,8 +179,13 @@ int cli_enroll(int argc, char **argv)
     Biomatch__V1__GalleryDefinition *def = NULL;
     struct deliveries dl = { 0 };
     uint8_t *pack = NULL;
+    struct bm_signer *signer = NULL;
     if (cli_conf_load(&c) != 0)
         return 2;
+    if (signkey != NULL && (signer = bm_signer_load(signkey, keyid, err, sizeof err)) == NULL) {
+        fprintf(stderr, "biomatch: --sign-key: %s\n", err);
+        goto out;
+    }
     if (read_ids(idsf, &idbuf, &ids, &lens, &n) != 0)
         goto out;
     rd = cli_redis(&c);
@@ -302,9 +315,19 @@ int cli_enroll(int argc, char **argv)
             packcap = need;
         }
         size_t plen = biomatch__v1__enroll_request__pack(&req, pack);
+        /* The signature covers exactly the bytes sent (docs/wire.md). */
+        struct bm_bus_headers h = hdrs;
+        char sig[BM_POLICY_SIG_MAX];
+        if (signer != NULL) {
+            if (bm_signer_sign(signer, pack, plen, sig, sizeof sig, err, sizeof err) != BM_OK) {
+                fprintf(stderr, "biomatch: sign %s: %s\n", reqid, err);
+                break;
+            }
+            bm_bus_headers_add_str(&h, BM_POLICY_SIG_HEADER, sig);
+        }
         for (;;) {
             rc = bm_producer_send(pr, topic, BM_PARTITION_ANY, subject, lens[i], pack, plen,
-                                  hdrs.v, hdrs.n, on_delivery, &dl);
+                                  h.v, h.n, on_delivery, &dl);
             if (rc != BM_ERANGE)
                 break;
             /* Local queue full: serve delivery reports, then retry. */
@@ -351,6 +374,7 @@ int cli_enroll(int argc, char **argv)
     ret = (sent == n && dl.ok == n && dl.failed == 0) ? 0 : 1;
 out:
     bm_producer_free(pr);
+    bm_signer_destroy(signer);
     free(props);
     free(pack);
     bm_galdef_free(def);

@@ -20,6 +20,7 @@ static void usage(FILE *f)
             "  enroll                 send enrollment requests from .npy / iris files\n"
             "  gen                    write a seeded synthetic gallery and probe set\n"
             "  submit                 send a match job, optionally wait for its result\n"
+            "  keygen                 make an Ed25519 signing key and its policy line\n"
             "  tail TOPIC             follow results, partials, dlq, audit or jobs\n"
             "  up                     run a local cluster (embedded Kafka, Redis, coordinator,\n"
             "                         workers); --demo runs a synthetic workload\n\n"
@@ -50,6 +51,8 @@ int main(int argc, char **argv)
         return cli_gen(argc - 1, argv + 1);
     if (strcmp(cmd, "submit") == 0)
         return cli_submit(argc - 1, argv + 1);
+    if (strcmp(cmd, "keygen") == 0)
+        return cli_keygen(argc - 1, argv + 1);
     if (strcmp(cmd, "tail") == 0)
         return cli_tail(argc - 1, argv + 1);
     if (strcmp(cmd, "up") == 0)

@@ -21,6 +21,7 @@
 
 #include "biomatch.pb-c.h"
 #include "bus/bus.h"
+#include "conf/policy.h"
 
 /* "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" + NUL. */
 #define CLI_UUID_LEN 37
@@ -61,6 +62,13 @@ void cli_template_iris(Biomatch__V1__Template *t, Biomatch__V1__IrisCode *ic,
 int cli_job_send(struct bm_producer *p, const char *topic, const Biomatch__V1__MatchJob *job,
                  const char *traceparent, bm_delivery_fn cb, void *opaque, char *err,
                  size_t errlen);
+
+/* The same, adding a biomatch-signature header made by 'signer' over the
+ * encoded bytes when 'signer' is not NULL (borrowed for the call). */
+int cli_job_send_signed(struct bm_producer *p, const char *topic,
+                        const Biomatch__V1__MatchJob *job, const char *traceparent,
+                        const struct bm_signer *signer, bm_delivery_fn cb, void *opaque,
+                        char *err, size_t errlen);
 
 /* ------------------------------------------------------------- reader */
 

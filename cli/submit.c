@@ -96,6 +96,7 @@ int cli_submit(int argc, char **argv)
     const char *verify = NULL, *topk_s = "10", *thr_s = NULL, *deadline_s = NULL;
     const char *wait = NULL, *json = NULL, *jobid = NULL, *agency = NULL, *reply = NULL;
     const char *modality_s = "face", *timeout_s = NULL, *minver_s = NULL;
+    const char *signkey = NULL, *keyid = NULL;
     const char *pos[1];
     size_t npos = 0;
     const struct cli_opt opts[] = {
@@ -117,6 +118,8 @@ int cli_submit(int argc, char **argv)
         { "--wait", NULL, &wait, "wait for the result(s) and print them" },
         { "--timeout-ms", "MS", &timeout_s, "--wait bound (default deadline + 10 s, or 30 s)" },
         { "--json", NULL, &json, "print JSON (one object per line) instead of a table" },
+        { "--sign-key", "FILE", &signkey, "sign each job with this Ed25519 private key (PEM)" },
+        { "--key-id", "ID", &keyid, "the key's id in the policy file (with --sign-key)" },
     };
     int p = cli_parse(argc, argv, 1, opts, sizeof opts / sizeof opts[0], pos, 0, &npos,
                       "biomatch submit --gallery NAME (--npy FILE | --iris FILE) [flags]",
@@ -145,6 +148,10 @@ int cli_submit(int argc, char **argv)
         fprintf(stderr, "biomatch: --modality must be face, fingerprint or palm\n");
         return 2;
     }
+    if (!!signkey != !!keyid) {
+        fprintf(stderr, "biomatch: --sign-key and --key-id go together\n");
+        return 2;
+    }
     if (agency == NULL)
         agency = getenv("BIOMATCH_AGENCY");
     if (agency == NULL || agency[0] == '\0')
@@ -165,7 +172,12 @@ int cli_submit(int argc, char **argv)
     Biomatch__V1__IrisCode *ic = NULL;
     Biomatch__V1__IrisGeometry *ig = NULL;
     Biomatch__V1__Template **tptr = NULL;
+    struct bm_signer *signer = NULL;
     size_t nprobes = 0, njobs = 0;
+    if (signkey != NULL && (signer = bm_signer_load(signkey, keyid, err, sizeof err)) == NULL) {
+        fprintf(stderr, "biomatch: --sign-key: %s\n", err);
+        return 1;
+    }
     if (npyf != NULL) {
         if (bm_npy_read(npyf, &m, err, sizeof err) != BM_OK) {
             fprintf(stderr, "biomatch: %s\n", err);
@@ -267,8 +279,8 @@ int cli_submit(int argc, char **argv)
         job.submitted_unix_ms = cli_now_unix_ms();
         if (deadline)
             job.deadline_unix_ms = job.submitted_unix_ms + deadline;
-        if (cli_job_send(pr, jobs_topic, &job, tp, on_delivery, &s[j], err, sizeof err) !=
-            BM_OK) {
+        if (cli_job_send_signed(pr, jobs_topic, &job, tp, signer, on_delivery, &s[j], err,
+                                sizeof err) != BM_OK) {
             fprintf(stderr, "biomatch: %s\n", err);
             njobs = j;
             break;
@@ -329,6 +341,7 @@ int cli_submit(int argc, char **argv)
 out:
     for (size_t j = 0; s != NULL && j < njobs; j++)
         bm_wire_free_result(s[j].result);
+    bm_signer_destroy(signer);
     bm_producer_free(pr);
     cli_reader_free(rd);
     free(props);

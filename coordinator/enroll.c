@@ -2,7 +2,7 @@
  *
  * Consumes the `enroll` topic in batches, checks each request (size before
  * decoding, known gallery, subject id, op, template against the gallery's
- * definition), and either re-keys it onto gallery.<name> (partition =
+ * definition, then the policy and signature: lib/conf/policy.h), and either re-keys it onto gallery.<name> (partition =
  * bm_shard_of(subject id, S), key = subject id; a delete becomes a
  * tombstone) or rejects it with an EnrollResult to the request's reply
  * topic (or the original record to `dlq` with an `error` header). Every
@@ -37,6 +37,7 @@
 #include "audit.h"
 #include "bus/bus.h"
 #include "conf/conf.h"
+#include "conf/policy.h"
 #include "conf/topics.h"
 #include "gallery.h"
 #include "match/gallery.h"
@@ -108,6 +109,7 @@ struct enroll {
     struct bm_counter *m_accepted;
     struct bm_counter *m_rejected;
     struct bm_counter *m_deleted;
+    struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
 };
 
 /* ------------------------------------------------------------ galleries */
@@ -422,6 +424,43 @@ static Biomatch__V1__ElementType element_of(enum bm_dtype t)
     }
 }
 
+/* ------------------------------------------------------------ policy */
+
+/* Authorise a request that passed validation (docs/wire.md "Signatures"):
+ * ERROR_CODE_NONE, or UNAUTHORIZED / BAD_SIGNATURE with the reason in why.
+ * The signature covers the record value exactly as received; more than one
+ * signature header is refused. */
+static Biomatch__V1__ErrorCode authorise(const struct enroll *e, const struct bm_bus_msg *m,
+                                         const Biomatch__V1__EnrollRequest *req, char *why,
+                                         size_t whylen)
+{
+    if (e->policy == NULL)
+        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    const struct bm_bus_header *sig = NULL;
+    size_t nsig = 0;
+    for (size_t i = 0; i < m->nheaders; i++)
+        if (strcmp(m->headers[i].name, BM_POLICY_SIG_HEADER) == 0) {
+            sig = &m->headers[i];
+            nsig++;
+        }
+    enum bm_policy_op op = req->op == BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE
+                               ? BM_POLICY_OP_DELETE
+                               : BM_POLICY_OP_ENROLL;
+    enum bm_policy_verdict v;
+    if (nsig > 1) {
+        v = BM_POLICY_BAD_SIGNATURE;
+        snprintf(why, whylen, "more than one %s header", BM_POLICY_SIG_HEADER);
+    } else {
+        const char *sv = sig ? (sig->value ? (const char *)sig->value : "") : NULL;
+        v = bm_policy_check(e->policy, req->agency, req->gallery, op, m->value, m->valuelen, sv,
+                            sig ? sig->len : 0, why, whylen);
+    }
+    if (v == BM_POLICY_ALLOW)
+        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    return v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
+                                        : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
+}
+
 /* ------------------------------------------------------------ one message */
 
 /* Handle one `enroll` record. Returns BM_OK when it was decided (accepted or
@@ -480,6 +519,8 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
             code = bm_wire_validate_template(req->template_, g->def, why, sizeof why);
         }
     }
+    if (code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE)
+        code = authorise(e, m, req, why, sizeof why);
     if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
         reject(e, m, req, code, why);
         bm_wire_free(pm);
@@ -735,6 +776,7 @@ static void enroll_free(struct enroll *e)
         galent_clear(&e->cache[i]);
     bm_audit_free(e->audit);
     bm_redis_close(e->redis);
+    bm_policy_destroy(e->policy);
     free(e->props);
     free(e);
 }
@@ -756,6 +798,19 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
         bm_topic_name(e->t_audit, sizeof e->t_audit, conf->topic_prefix, BM_TOPIC_AUDIT)) {
         rc = bm_seterr(err, sizeof err, BM_EINVAL, "topic prefix too long");
         goto fail;
+    }
+    if (conf->security.policy_file != NULL) {
+        /* A policy that does not parse stops the role: never run open. */
+        if ((e->policy = bm_policy_load(conf->security.policy_file, err, sizeof err)) == NULL) {
+            rc = BM_EINVAL;
+            goto fail;
+        }
+        BM_LOGF(BM_LOG_INFO, "enroll: policy loaded",
+                BM_LF_STR("file", conf->security.policy_file),
+                BM_LF_INT("agencies", (long long)bm_policy_agency_count(e->policy)));
+    } else if (bm_policy_warn_once()) {
+        BM_LOGF(BM_LOG_WARN, "no security.policy_file: every agency may use every gallery",
+                BM_LF_STR("role", "gallery"));
     }
     e->m_accepted = bm_metrics_counter(ctx->metrics, "biomatch_enroll_accepted_total",
                                        "Enrollment requests accepted onto gallery logs",

@@ -9,6 +9,10 @@
  * tasks might be lost. Nothing a client sends can stop the loop: every
  * input ends as tasks, a rejection or a dlq record.
  *
+ * Authorisation (lib/conf/policy.h) runs after validation: a job its
+ * agency may not run, or one without the signature its agency requires, is
+ * an ordinary rejection (UNAUTHORIZED / BAD_SIGNATURE) with an audit record.
+ *
  * The opened marker is produced before the tasks, so the aggregator usually
  * knows the job before any shard answers (it copes with the other order). */
 #include "intake.h"
@@ -19,6 +23,7 @@
 
 #include "audit.h"
 #include "conf/conf.h"
+#include "conf/policy.h"
 #include "conf/topics.h"
 #include "galcache.h"
 #include "obs/log.h"
@@ -53,6 +58,7 @@ struct bm_intake {
     struct bm_galcache *cache;
     struct bm_audit *audit;
     struct bm_wire_limits limits;
+    struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
     char jobs[BM_TOPIC_MAX], partials[BM_TOPIC_MAX], results[BM_TOPIC_MAX];
     char dlq[BM_TOPIC_MAX], audit_topic[BM_TOPIC_MAX];
     struct pend *head, *tail;  /* FIFO in consumption order */
@@ -307,6 +313,47 @@ static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
     return BM_OK;
 }
 
+/* ---------------------------------------------------------------- policy */
+
+/* Authorise a job that passed validation (docs/wire.md "Signatures"):
+ * UNAUTHORIZED or BAD_SIGNATURE in *code with the reason in err, else BM_OK.
+ * The signature covers the record value exactly as received, framing
+ * included. More than one signature header is refused: which one counts
+ * would otherwise depend on the reader. */
+static int authorise(const struct bm_intake *in, const struct bm_bus_msg *m,
+                     const Biomatch__V1__MatchJob *job, Biomatch__V1__ErrorCode *code,
+                     char *err, size_t errlen)
+{
+    if (in->policy == NULL)
+        return BM_OK;
+    const struct bm_bus_header *sig = NULL;
+    size_t nsig = 0;
+    for (size_t i = 0; i < m->nheaders; i++)
+        if (strcmp(m->headers[i].name, BM_POLICY_SIG_HEADER) == 0) {
+            sig = &m->headers[i];
+            nsig++;
+        }
+    enum bm_policy_op op = job->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY
+                               ? BM_POLICY_OP_VERIFY
+                               : BM_POLICY_OP_IDENTIFY;
+    enum bm_policy_verdict v;
+    if (nsig > 1) {
+        v = BM_POLICY_BAD_SIGNATURE;
+        snprintf(err, errlen, "more than one %s header", BM_POLICY_SIG_HEADER);
+    } else {
+        /* A header with a null value is present but empty: it must fail,
+         * not count as "unsigned". */
+        const char *sv = sig ? (sig->value ? (const char *)sig->value : "") : NULL;
+        v = bm_policy_check(in->policy, job->agency, job->gallery, op, m->value, m->valuelen, sv,
+                            sig ? sig->len : 0, err, errlen);
+    }
+    if (v == BM_POLICY_ALLOW)
+        return BM_OK;
+    *code = v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
+                                         : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
+    return BM_EINVAL;
+}
+
 /* ---------------------------------------------------------------- one job */
 
 static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
@@ -351,6 +398,8 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
     }
     Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
     rc = bm_wire_validate_job(job, def, now, &in->limits, &code, err, sizeof err);
+    if (rc == BM_OK)
+        rc = authorise(in, m, job, &code, err, sizeof err);
     int reply_ok = job->reply_topic && bm_wire_topic_valid(job->reply_topic);
     if (rc == BM_OK && job->reply_topic && job->reply_topic[0]) {
         char terr[256];
@@ -445,6 +494,7 @@ static void intake_free(struct bm_intake *in)
     bm_audit_free(in->audit);
     bm_admin_free(in->admin);
     bm_redis_close(in->redis);
+    bm_policy_destroy(in->policy);
     free(in);
 }
 
@@ -459,6 +509,17 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
     in->conf = ctx->conf;
     bm_wire_limits_default(&in->limits);
     in->limits.max_top_k = (uint32_t)ctx->conf->coordinator.max_top_k;
+    if (ctx->conf->security.policy_file != NULL) {
+        in->policy = bm_policy_load(ctx->conf->security.policy_file, err, errlen);
+        if (in->policy == NULL)
+            goto fail;
+        char n[32];
+        snprintf(n, sizeof n, "%zu", bm_policy_agency_count(in->policy));
+        bm_log(BM_LOG_INFO, "intake: policy loaded", "file", ctx->conf->security.policy_file,
+               "agencies", n, NULL);
+    } else if (bm_policy_warn_once()) {
+        bm_log(BM_LOG_WARN, "no security.policy_file: every agency may use every gallery", NULL);
+    }
     const char *pfx = ctx->conf->topic_prefix;
     bm_topic_name(in->jobs, sizeof in->jobs, pfx, BM_TOPIC_JOBS);
     bm_topic_name(in->partials, sizeof in->partials, pfx, BM_TOPIC_PARTIALS);

@@ -55,6 +55,12 @@ static const struct key KEYS[] = {
      1, 600000, NULL},
     {"redis.max_reply_bytes", "BIOMATCH_REDIS_MAX_REPLY_BYTES", K_I64,
      F(redis.max_reply_bytes), 0, 1024, 1024LL * MIB, NULL},
+    {"redis.tls_ca_file", "BIOMATCH_REDIS_TLS_CA_FILE", K_STR, F(redis.tls_ca_file), 0, 0, 0,
+     NULL},
+    {"redis.tls_cert_file", "BIOMATCH_REDIS_TLS_CERT_FILE", K_STR, F(redis.tls_cert_file), 0,
+     0, 0, NULL},
+    {"redis.tls_key_file", "BIOMATCH_REDIS_TLS_KEY_FILE", K_STR, F(redis.tls_key_file), 0, 0,
+     0, NULL},
     {"http.enabled", "BIOMATCH_HTTP_ENABLED", K_BOOL, F(http.enabled), 0, 0, 0, NULL},
     {"http.port", "BIOMATCH_HTTP_PORT", K_INT, F(http.port), 0, 0, 65535, NULL},
     {"http.bind", "BIOMATCH_HTTP_BIND", K_STR, F(http.bind), 0, 0, 0, NULL},
@@ -90,6 +96,10 @@ static const struct key KEYS[] = {
      F(security.at_rest_key_file), 0, 0, 0, NULL},
     {"security.at_rest_key_id", "BIOMATCH_SECURITY_AT_REST_KEY_ID", K_STR,
      F(security.at_rest_key_id), 0, 0, 0, NULL},
+    {"security.at_rest_previous_keys", "BIOMATCH_SECURITY_AT_REST_PREVIOUS_KEYS", K_LIST,
+     F(security.at_rest_previous_keys), F(security.at_rest_previous_keys_n), 0, 0, NULL},
+    {"security.policy_file", "BIOMATCH_SECURITY_POLICY_FILE", K_STR, F(security.policy_file), 0,
+     0, 0, NULL},
     {"simd", "BIOMATCH_SIMD", K_ENUM, F(simd), 0, 0, 0, simds},
 };
 #undef F
@@ -290,8 +300,23 @@ static int apply_list(struct loader *L, const struct key *k, char **items, size_
         *FIELD(c, k, unsigned) = bits;
         return BM_OK;
     }
+    /* security.at_rest_previous_keys holds "id=path" entries, not names. */
+    bool keys = k->off == offsetof(struct bm_conf, security.at_rest_previous_keys);
+    for (size_t i = 0; keys && i < n; i++) {
+        const char *eq = strchr(items[i], '=');
+        char id[65];
+        snprintf(id, sizeof id, "%.*s", eq != NULL ? (int)(eq - items[i]) : 0, items[i]);
+        if (eq == NULL || (size_t)(eq - items[i]) > 64 || !valid_name(id, 64) || eq[1] == '\0')
+            return bm_seterr(L->err, L->errlen, BM_EINVAL,
+                             "%s: '%s' entry '%s' must be <key id>=<key file>, the id 1-64 of "
+                             "[A-Za-z0-9._-]", where, k->path, items[i]);
+        for (size_t j = 0; j < i; j++)
+            if (strncmp(items[j], items[i], (size_t)(eq - items[i]) + 1) == 0)
+                return bm_seterr(L->err, L->errlen, BM_EINVAL, "%s: '%s' lists key id '%s' twice",
+                                 where, k->path, id);
+    }
     /* K_LIST: gallery names become topic names, so Kafka's topic rules. */
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; !keys && i < n; i++) {
         if (!valid_name(items[i], 200))
             return bm_seterr(L->err, L->errlen, BM_EINVAL,
                              "%s: '%s' entry '%s' must be 1-200 of [A-Za-z0-9._-]", where,
@@ -613,6 +638,18 @@ static int check(const struct bm_conf *c, char *err, size_t errlen)
     if (c->security.at_rest_key_id != NULL && !valid_name(c->security.at_rest_key_id, 64))
         return bm_seterr(err, errlen, BM_EINVAL,
                          "security.at_rest_key_id must be 1-64 of [A-Za-z0-9._-]");
+    for (size_t i = 0; c->security.at_rest_key_id != NULL &&
+                       i < c->security.at_rest_previous_keys_n; i++) {
+        size_t idlen = strlen(c->security.at_rest_key_id);
+        if (strncmp(c->security.at_rest_previous_keys[i], c->security.at_rest_key_id, idlen) == 0 &&
+            c->security.at_rest_previous_keys[i][idlen] == '=')
+            return bm_seterr(err, errlen, BM_EINVAL,
+                             "security.at_rest_previous_keys names the current key id '%s'",
+                             c->security.at_rest_key_id);
+    }
+    if (c->redis.tls_key_file != NULL && c->redis.tls_cert_file == NULL)
+        return bm_seterr(err, errlen, BM_EINVAL,
+                         "redis.tls_key_file needs redis.tls_cert_file");
     if (c->redis.max_reply_bytes < c->coordinator.segment_max_bytes)
         return bm_seterr(err, errlen, BM_EINVAL,
                          "redis.max_reply_bytes (%lld) must be at least "

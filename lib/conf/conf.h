@@ -42,6 +42,9 @@ struct bm_conf {
         int connect_timeout_ms;
         int io_timeout_ms;
         int64_t max_reply_bytes;
+        char *tls_ca_file;         /* rediss:// only; NULL: system trust store */
+        char *tls_cert_file;       /* client certificate (mutual TLS); NULL: none */
+        char *tls_key_file;        /* its key; NULL: in tls_cert_file */
     } redis;
     struct {
         bool enabled;              /* serve /metrics, /livez, /readyz */
@@ -73,6 +76,9 @@ struct bm_conf {
     struct {
         char *at_rest_key_file;    /* NULL: templates at rest unencrypted */
         char *at_rest_key_id;      /* NULL iff at_rest_key_file is NULL */
+        char **at_rest_previous_keys; /* "id=path" keys that only decrypt (rotation) */
+        size_t at_rest_previous_keys_n;
+        char *policy_file;         /* NULL: no policy, every agency may do anything */
     } security;
     char *simd;                    /* auto|scalar|avx2|avx512 */
 };

@@ -1,0 +1,322 @@
+/* Integration test of authorisation and signatures in the intake role
+ * (coordinator/intake.c with lib/conf/policy.c) against the real broker and
+ * Redis. The role reads a policy file through conf->security.policy_file:
+ * agency "signer" must sign and may identify on the gallery; agency "open"
+ * need not sign and may only verify there. Jobs: unsigned from "signer"
+ * (BAD_SIGNATURE), signed (fanned out), signed in Schema Registry framing
+ * (fanned out: the signature covers the framed bytes), a signature copied
+ * onto other bytes (BAD_SIGNATURE), "open" identifying (UNAUTHORIZED),
+ * "open" verifying (fanned out), an agency not in the policy
+ * (UNAUTHORIZED). Every rejection leaves an audit record.
+ *
+ * The role runs in-process on a thread (the test links bm_coordinator). */
+#include "role.h"
+
+#include "intake.h"
+#include "obs/log.h"
+#include "wire/envelope.h"
+#include "wire/headers.h"
+
+#include "coord_helpers.h"
+#include "conf/policy.h"
+#include "store/galdef.h"
+#include "store/redis.h"
+#include "wire/decode.h"
+
+#define S 2
+#define DIM 64
+
+static char gallery[80];
+
+static void put_gallery(struct th_env *e)
+{
+    char err[512];
+    struct bm_redis *r = bm_coord_redis(&e->ctx, err, sizeof err);
+    assert_non_null(r);
+    char u[64];
+    bm_test_unique(u, sizeof u, "gp");
+    size_t k = 0;
+    for (size_t i = 0; u[i] && k + 1 < sizeof gallery; i++)
+        gallery[k++] = u[i] == '.' ? '-' : u[i];
+    gallery[k] = '\0';
+    Biomatch__V1__GalleryDefinition d = BIOMATCH__V1__GALLERY_DEFINITION__INIT;
+    d.name = gallery;
+    d.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
+    d.dim = DIM;
+    d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
+    d.shards = S;
+    d.replicas = 1;
+    if (bm_galdef_put(r, &d, NULL, err, sizeof err) != BM_OK)
+        fail_msg("galdef put: %s", err);
+    bm_redis_close(r);
+}
+
+static uint8_t *make_job(const char *id, const char *agency, Biomatch__V1__MatchMode mode,
+                         size_t *len)
+{
+    float v[DIM];
+    for (uint32_t i = 0; i < DIM; i++)
+        v[i] = (float)(i % 5) - 2.0f + 0.25f;
+    Biomatch__V1__DenseEmbedding de = BIOMATCH__V1__DENSE_EMBEDDING__INIT;
+    de.dim = DIM;
+    de.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
+    de.data.data = (uint8_t *)v;
+    de.data.len = sizeof v;
+    Biomatch__V1__Template t = BIOMATCH__V1__TEMPLATE__INIT;
+    t.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
+    t.kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
+    t.dense = &de;
+    Biomatch__V1__Template *tp[1] = {&t};
+    Biomatch__V1__MatchJob j = BIOMATCH__V1__MATCH_JOB__INIT;
+    j.job_id = (char *)id;
+    j.agency = (char *)agency;
+    j.gallery = gallery;
+    j.mode = mode;
+    j.n_probes = 1;
+    j.probes = tp;
+    j.top_k = 3;
+    j.claimed_subject =
+        (char *)(mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY ? "subject-1" : "");
+    j.submitted_unix_ms = bm_coord_wall_ms();
+    return bm_wire_encode(&j.base, len);
+}
+
+/* Send 'val' with an optional signature header. */
+static void send_job(struct bm_producer *p, const char *topic, const char *key,
+                     const uint8_t *val, size_t len, const char *sig)
+{
+    struct bm_bus_headers h;
+    bm_bus_headers_init(&h);
+    if (sig != NULL)
+        bm_bus_headers_add_str(&h, BM_POLICY_SIG_HEADER, sig);
+    th_send(p, topic, BM_PARTITION_ANY, key, val, len, &h);
+}
+
+struct expect {
+    const char *id;
+    Biomatch__V1__ErrorCode code; /* NONE: fanned out */
+    int seen;
+};
+
+static void test_policy_intake(void **state)
+{
+    (void)state;
+    char err[512];
+    /* A fresh signing key; its public half goes into the policy. */
+    char *pem = NULL;
+    char pub[BM_POLICY_PUB_B64_LEN];
+    assert_int_equal(bm_signer_keygen(&pem, pub, sizeof pub, err, sizeof err), BM_OK);
+    struct bm_signer *signer = bm_signer_from_pem(pem, strlen(pem), "k1", err, sizeof err);
+    assert_non_null(signer);
+    free(pem);
+
+    struct th_env e;
+    th_setup(&e, "policy", "intake");
+    put_gallery(&e);
+    char path[] = "/tmp/bm-test-policy-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "agencies:\n"
+            "  signer:\n"
+            "    require_signature: true\n"
+            "    keys:\n"
+            "      k1: \"%s\"\n"
+            "    galleries:\n"
+            "      %s: [identify]\n"
+            "  open:\n"
+            "    galleries:\n"
+            "      %s: [verify]\n",
+            pub, gallery, gallery);
+    assert_int_equal(fclose(f), 0);
+    /* Reload the configuration with the policy file set, as the process
+     * would from BIOMATCH_SECURITY_POLICY_FILE. */
+    snprintf(e.envbuf[7], sizeof e.envbuf[7], "BIOMATCH_SECURITY_POLICY_FILE=%s", path);
+    e.envp[7] = e.envbuf[7];
+    e.envp[8] = NULL;
+    bm_conf_destroy(e.conf);
+    e.conf = bm_conf_parse(NULL, 0, NULL, e.envp, err, sizeof err);
+    if (e.conf == NULL)
+        fail_msg("conf: %s", err);
+    assert_string_equal(e.conf->security.policy_file, path);
+    e.ctx.conf = e.conf;
+    e.bus.bootstrap_servers = e.conf->brokers;
+
+    char jobs[256], partials[256], results[256], dlq[256], audit[256], tasks[256];
+    bm_topic_name(jobs, sizeof jobs, e.prefix, BM_TOPIC_JOBS);
+    bm_topic_name(partials, sizeof partials, e.prefix, BM_TOPIC_PARTIALS);
+    bm_topic_name(results, sizeof results, e.prefix, BM_TOPIC_RESULTS);
+    bm_topic_name(dlq, sizeof dlq, e.prefix, BM_TOPIC_DLQ);
+    bm_topic_name(audit, sizeof audit, e.prefix, BM_TOPIC_AUDIT);
+    bm_topic_tasks(tasks, sizeof tasks, e.prefix, gallery);
+    th_create(&e, jobs, 1);
+    th_create(&e, partials, 1);
+    th_create(&e, results, 1);
+    th_create(&e, dlq, 1);
+    th_create(&e, audit, 1);
+    th_create(&e, tasks, S);
+
+    const Biomatch__V1__MatchMode ID = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
+    const Biomatch__V1__MatchMode VE = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY;
+    const Biomatch__V1__ErrorCode OK = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    const Biomatch__V1__ErrorCode BAD = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE;
+    const Biomatch__V1__ErrorCode UNA = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
+    struct expect ex[] = {
+        {"unsigned", BAD, 0},       {"signed", OK, 0},         {"signed-sr", OK, 0},
+        {"copied-sig", BAD, 0},     {"open-identify", UNA, 0}, {"open-verify", OK, 0},
+        {"stranger", UNA, 0},
+    };
+    const size_t nex = sizeof ex / sizeof ex[0];
+
+    struct bm_producer *p = bm_producer_new(&e.bus, err, sizeof err);
+    assert_non_null(p);
+    size_t len;
+    uint8_t *b;
+    char sig[BM_POLICY_SIG_MAX];
+
+    b = make_job("unsigned", "signer", ID, &len);
+    send_job(p, jobs, "unsigned", b, len, NULL);
+    free(b);
+
+    b = make_job("signed", "signer", ID, &len);
+    assert_int_equal(bm_signer_sign(signer, b, len, sig, sizeof sig, err, sizeof err), BM_OK);
+    send_job(p, jobs, "signed", b, len, sig);
+    free(b);
+
+    /* The signature is over the framed bytes: what was produced. */
+    b = make_job("signed-sr", "signer", ID, &len);
+    uint32_t path_idx[] = {4};
+    size_t srlen;
+    uint8_t *sr = bm_envelope_wrap_sr(3, path_idx, 1, b, len, &srlen);
+    assert_non_null(sr);
+    assert_int_equal(bm_signer_sign(signer, sr, srlen, sig, sizeof sig, err, sizeof err), BM_OK);
+    send_job(p, jobs, "signed-sr", sr, srlen, sig);
+    free(sr);
+    free(b);
+
+    /* A valid signature of other bytes (the "signed" job's) on this job. */
+    uint8_t *orig = make_job("signed", "signer", ID, &len);
+    assert_int_equal(bm_signer_sign(signer, orig, len, sig, sizeof sig, err, sizeof err), BM_OK);
+    free(orig);
+    b = make_job("copied-sig", "signer", ID, &len);
+    send_job(p, jobs, "copied-sig", b, len, sig);
+    free(b);
+
+    b = make_job("open-identify", "open", ID, &len);
+    send_job(p, jobs, "open-identify", b, len, NULL);
+    free(b);
+    b = make_job("open-verify", "open", VE, &len);
+    send_job(p, jobs, "open-verify", b, len, NULL);
+    free(b);
+    b = make_job("stranger", "nobody", ID, &len);
+    send_job(p, jobs, "stranger", b, len, NULL);
+    free(b);
+    assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
+
+    th_start(&e, bm_role_intake_run);
+
+    static struct th_rec recs[TH_MAX_RECS];
+    size_t n = th_collect(&e, results, 1, 4, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        Biomatch__V1__MatchResult *r =
+            bm_wire_decode_result(recs[i].value, recs[i].len, 1 << 20, err, sizeof err);
+        assert_non_null(r);
+        assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED);
+        int found = 0;
+        for (size_t k = 0; k < nex; k++)
+            if (strcmp(ex[k].id, r->job_id) == 0) {
+                if (r->error_code != ex[k].code)
+                    fail_msg("%s: error code %d, want %d (%s)", r->job_id, r->error_code,
+                             ex[k].code, r->error);
+                ex[k].seen++;
+                found = 1;
+            }
+        assert_true(found);
+        bm_wire_free_result(r);
+    }
+    th_free(recs, n);
+
+    /* Accepted jobs: an opened marker each and S tasks each. */
+    n = th_collect(&e, partials, 1, 3, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < nex; k++)
+            if (strcmp(ex[k].id, recs[i].key) == 0) {
+                assert_int_equal(ex[k].code, OK);
+                ex[k].seen++;
+            }
+    th_free(recs, n);
+    n = th_collect(&e, tasks, S, 3 * S, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 3 * S);
+    for (size_t i = 0; i < n; i++) {
+        int ok = 0;
+        for (size_t k = 0; k < nex; k++)
+            ok |= strcmp(ex[k].id, recs[i].key) == 0 && ex[k].code == OK;
+        assert_true(ok);
+    }
+    th_free(recs, n);
+    for (size_t k = 0; k < nex; k++)
+        if (ex[k].seen != 1)
+            fail_msg("job %s seen %d times", ex[k].id, ex[k].seen);
+
+    /* An audit record per rejection, with the rejection's code. */
+    n = th_collect(&e, audit, 1, 4, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        Biomatch__V1__AuditRecord *a = (Biomatch__V1__AuditRecord *)protobuf_c_message_unpack(
+            &biomatch__v1__audit_record__descriptor, NULL, recs[i].len, recs[i].value);
+        assert_non_null(a);
+        assert_true(a->error_code == BAD || a->error_code == UNA);
+        protobuf_c_message_free_unpacked(&a->base, NULL);
+    }
+    th_free(recs, n);
+    /* Nothing went to dlq: these jobs all decoded. */
+    n = th_collect(&e, dlq, 1, -1, 1000, recs, TH_MAX_RECS);
+    assert_int_equal(n, 0);
+
+    assert_int_equal(th_stop(&e), BM_OK);
+    bm_producer_free(p);
+    bm_signer_destroy(signer);
+    unlink(path);
+    th_teardown(&e);
+}
+
+/* A policy file that does not parse stops the role at start-up instead of
+ * running without authorisation. */
+static void test_policy_bad_file(void **state)
+{
+    (void)state;
+    struct th_env e;
+    th_setup(&e, "policybad", "intake");
+    char path[] = "/tmp/bm-test-policy-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *bad = "agencies:\n  a:\n    galeries: {}\n";
+    assert_int_equal(write(fd, bad, strlen(bad)), (ssize_t)strlen(bad));
+    close(fd);
+    snprintf(e.envbuf[7], sizeof e.envbuf[7], "BIOMATCH_SECURITY_POLICY_FILE=%s", path);
+    e.envp[7] = e.envbuf[7];
+    e.envp[8] = NULL;
+    char err[512];
+    bm_conf_destroy(e.conf);
+    e.conf = bm_conf_parse(NULL, 0, NULL, e.envp, err, sizeof err);
+    assert_non_null(e.conf);
+    e.ctx.conf = e.conf;
+    e.bus.bootstrap_servers = e.conf->brokers;
+    assert_int_not_equal(bm_role_intake_run(&e.ctx), BM_OK);
+    unlink(path);
+    th_teardown(&e);
+}
+
+int main(void)
+{
+    bm_log_init("test_policy");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_policy_intake),
+        cmocka_unit_test(test_policy_bad_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
