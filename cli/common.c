@@ -4,6 +4,7 @@
  * Invariant: a subcommand never sees a flag it did not declare; an unknown
  * flag or a missing argument stops the command with a message naming it. */
 #include "cli.h"
+#include "store/redis_conf.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -140,9 +141,9 @@ const char *cli_prefix(const struct cli_common *c)
 struct bm_redis *cli_redis(const struct cli_common *c)
 {
     char err[512];
-    struct bm_redis_opts o = { 0 };
+    struct bm_redis_opts o;
     const char *url = c->redis != NULL ? c->redis : c->conf->redis.url;
-    o.connect_timeout_ms = c->conf->redis.connect_timeout_ms;
+    bm_redis_opts_from_conf(&o, c->conf);    /* timeouts, TLS files */
     /* Shard loads move big replies; the CLI is patient. */
     o.io_timeout_ms = c->conf->redis.io_timeout_ms > 30000 ? c->conf->redis.io_timeout_ms : 30000;
     o.max_reply_bytes = BM_REDIS_DEFAULT_MAX_REPLY_BYTES;

@@ -10,6 +10,7 @@
 
 #include "conf/conf.h"
 #include "store/redis.h"
+#include "store/redis_conf.h"
 
 int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *extra,
                       size_t nextra, struct bm_bus_conf *out,
@@ -37,12 +38,7 @@ int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *
 
 struct bm_redis *bm_coord_redis(const struct bm_coord_ctx *ctx, char *err, size_t errlen)
 {
-    const struct bm_conf *c = ctx->conf;
-    struct bm_redis_opts o = {0};
-    o.connect_timeout_ms = c->redis.connect_timeout_ms;
-    o.io_timeout_ms = c->redis.io_timeout_ms;
-    o.max_reply_bytes = (size_t)c->redis.max_reply_bytes;
-    return bm_redis_connect(c->redis.url, &o, err, errlen);
+    return bm_redis_connect_conf(ctx->conf, err, errlen);
 }
 
 int bm_coord_stopping(const struct bm_coord_ctx *ctx)

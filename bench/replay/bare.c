@@ -69,7 +69,11 @@ int rp_bare(int argc, char **argv)
         fprintf(stderr, "biomatch-replay: %s\n", m.rows ? err : "no probes");
         goto done;
     }
-    r = bm_redis_connect(redis_url, NULL, err, sizeof err);
+    struct bm_redis_opts ro = { 0 };  /* TLS files as the config keys take them */
+    ro.tls_ca_file = getenv("BIOMATCH_REDIS_TLS_CA_FILE");
+    ro.tls_cert_file = getenv("BIOMATCH_REDIS_TLS_CERT_FILE");
+    ro.tls_key_file = getenv("BIOMATCH_REDIS_TLS_KEY_FILE");
+    r = bm_redis_connect(redis_url, &ro, err, sizeof err);
     if (r == NULL || (def = bm_galdef_get(r, gallery, &rc, err, sizeof err)) == NULL) {
         fprintf(stderr, "biomatch-replay: %s\n", err);
         goto done;

@@ -342,6 +342,9 @@ struct bm_redis {
     char *rbuf;                 /* RBUF_SIZE bytes */
     struct script_entry *scripts;
     size_t nscripts;
+    struct bm_tls_conf tls;     /* dial_arg of the default TLS dialer; its
+                                   strings point into tls_own */
+    char *tls_own[4];           /* owned copies of opts.tls_* */
 };
 
 static int set_err(struct bm_redis *c, int code, const char *fmt, ...)
@@ -794,6 +797,8 @@ void bm_redis_close(struct bm_redis *c)
         free(e->script);
         free(e);
     }
+    for (size_t i = 0; i < sizeof c->tls_own / sizeof c->tls_own[0]; i++)
+        free(c->tls_own[i]);
     free(c->host);
     free(c->user);
     if (c->password != NULL) {
@@ -839,15 +844,27 @@ struct bm_redis *bm_redis_connect(const char *url, const struct bm_redis_opts *o
         bm_redis_close(c);
         return NULL;
     }
-    if (c->opts.dial == NULL) {
-        if (tls) {
-            bm_seterr(err, errlen, BM_EUNSUPPORTED,
-                      "rediss:// needs a TLS dialer in bm_redis_opts.dial; "
-                      "this build has none");
+    /* Copy the TLS strings: reconnects dial again long after the caller's
+     * opts may be gone. The opts copy must not keep the caller's pointers. */
+    const char **tls_in[4] = { &c->opts.tls_ca_file, &c->opts.tls_cert_file,
+                               &c->opts.tls_key_file, &c->opts.tls_server_name };
+    for (size_t i = 0; i < sizeof tls_in / sizeof tls_in[0]; i++) {
+        if (*tls_in[i] != NULL && (c->tls_own[i] = strdup(*tls_in[i])) == NULL) {
+            bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
             bm_redis_close(c);
             return NULL;
         }
-        c->opts.dial = bm_transport_tcp_dial;
+        *tls_in[i] = c->tls_own[i];
+    }
+    c->tls.ca_file = c->tls_own[0];
+    c->tls.cert_file = c->tls_own[1];
+    c->tls.key_file = c->tls_own[2];
+    c->tls.server_name = c->tls_own[3];
+    if (c->opts.dial == NULL) {
+        /* The scheme alone decides: a rediss:// URL never falls back to
+         * plain text, and TLS files given with redis:// are not used. */
+        c->opts.dial = tls ? bm_transport_tls_dial : bm_transport_tcp_dial;
+        c->opts.dial_arg = tls ? &c->tls : NULL;
     }
     c->rbuf = malloc(RBUF_SIZE);
     if (c->rbuf == NULL) {

@@ -1,5 +1,5 @@
 /* biomatch's own thin Redis client: one synchronous connection speaking
- * RESP2 over a struct bm_transport (plain TCP today, TLS later), with hard
+ * RESP2 over a struct bm_transport (plain TCP, or TLS for rediss://), with hard
  * limits on what a reply may cost us.
  *
  * hiredis is used only to encode commands and to parse replies; no hiredis
@@ -48,9 +48,19 @@ struct bm_redis_opts {
                                    fails, with backoff 50 ms doubling to 1 s;
                                    default 3; negative = no extra attempts */
     bm_transport_dial_fn dial;  /* opens the transport; default
-                                   bm_transport_tcp_dial. Required for
-                                   rediss:// (TLS) URLs. */
+                                   bm_transport_tcp_dial for redis:// and
+                                   bm_transport_tls_dial (with the tls_*
+                                   fields below) for rediss:// URLs */
     void *dial_arg;             /* passed to dial; not owned */
+    /* TLS, used only for rediss:// URLs with the default dialer (see
+     * struct bm_tls_conf). The strings are copied by bm_redis_connect. The
+     * server certificate is always verified; NULL tls_ca_file = the system
+     * trust store. */
+    const char *tls_ca_file;    /* PEM CAs to trust */
+    const char *tls_cert_file;  /* PEM client certificate (mutual TLS) */
+    const char *tls_key_file;   /* its private key; NULL: in tls_cert_file */
+    const char *tls_server_name; /* name to verify and send as SNI instead
+                                    of the URL host */
 };
 
 #define BM_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)512 << 20)
@@ -85,8 +95,9 @@ void bm_redis_reply_free(struct bm_redis_reply *r);
 
 /* Connect to 'url': redis://[[user]:password@]host[:port][/db]
  * (port default 6379, db default 0; user and password may be %XX-encoded;
- * an IPv6 host is written [::1]) or rediss://... which needs opts->dial set
- * to a TLS dialer. 'opts' may be NULL (all defaults); it is copied.
+ * an IPv6 host is written [::1]) or rediss://... for TLS (verified against
+ * opts->tls_ca_file or the system trust store; see struct bm_tls_conf).
+ * 'opts' may be NULL (all defaults); it is copied, its strings too.
  * Connecting tries up to 1 + reconnect_attempts times, then AUTHs and
  * SELECTs the db when the URL asks for them.
  * Returns the connection, owned by the caller (bm_redis_close), or NULL with

@@ -1,10 +1,10 @@
 /* The byte-stream transport under the Redis connection layer.
  *
  * store/redis.c speaks RESP over a struct bm_transport and never touches a
- * socket itself, so plain TCP (transport_tcp.c) and a later TLS transport
- * (OpenSSL, same three operations) are interchangeable: a TLS transport is a
- * new file that fills the same vtable and a bm_transport_dial_fn that
- * bm_redis_opts.dial points at. Invariant: a transport is a connected,
+ * socket itself, so plain TCP (transport_tcp.c) and TLS (transport_tls.c,
+ * OpenSSL 3, same three operations) are interchangeable: each fills the same
+ * vtable and provides a bm_transport_dial_fn; redis.c picks the TLS one for
+ * rediss:// URLs. Invariant: a transport is a connected,
  * ordered, reliable byte stream; once read or write has failed it is only
  * good for close.
  *
@@ -55,5 +55,38 @@ struct bm_transport *bm_transport_tcp_dial(void *arg, const char *host, int port
  * success the transport owns fd and close() closes it; on failure (NULL,
  * BM_ENOMEM in err) the caller still owns fd. */
 struct bm_transport *bm_transport_fd_wrap(int fd, char *err, size_t errlen);
+
+/* What the TLS dialer needs besides host and port. Every field may be NULL.
+ * The strings are borrowed: they must stay valid for as long as a dialer may
+ * be called with this struct (for a Redis connection: until bm_redis_close;
+ * redis.c keeps its own copies). Files are read at every dial, so a renewed
+ * certificate is picked up by the next reconnect. */
+struct bm_tls_conf {
+    const char *ca_file;      /* PEM file of the CAs to trust; NULL: the
+                                 system trust store */
+    const char *cert_file;    /* PEM client certificate (chain) for mutual
+                                 TLS; NULL: present none */
+    const char *key_file;     /* PEM private key of cert_file; NULL: the key
+                                 is in cert_file too. Set without cert_file
+                                 it is an error (BM_EINVAL). */
+    const char *server_name;  /* the name the server certificate must carry
+                                 (and the SNI name); NULL: the dialled host.
+                                 An IPv4/IPv6 literal is checked against the
+                                 certificate's IP addresses and sends no SNI. */
+};
+
+/* TLS over TCP with OpenSSL 3: connect as bm_transport_tcp_dial does, then a
+ * TLS handshake (TLS 1.2 or newer) bounded by 'connect_timeout_ms', with the
+ * server certificate ALWAYS verified against the CAs of 'arg' (a const
+ * struct bm_tls_conf *, or NULL for the system trust store and no client
+ * certificate) and the server name. There is no way to skip verification.
+ * On failure err says which step failed, e.g. "TLS handshake with
+ * 127.0.0.1:6380: certificate verify failed: ...". Reads and writes have the
+ * bounded-wait semantics of struct bm_transport; writes never raise SIGPIPE.
+ * Ownership as for bm_transport_dial_fn. Thread: any (OpenSSL 3 needs no
+ * global locking set-up). */
+struct bm_transport *bm_transport_tls_dial(void *arg, const char *host, int port,
+                                           int connect_timeout_ms, char *err,
+                                           size_t errlen);
 
 #endif /* BM_TRANSPORT_H */
