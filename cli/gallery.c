@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "conf/topics.h"
+#include "crypto/keyring.h"
 #include "match/cpu.h"
 #include "store/galdef.h"
 #include "store/keys.h"
@@ -510,7 +511,13 @@ static int gallery_load(int argc, char **argv)
         return 2;
     bm_cpu_init();
     int ret = 1;
-    struct bm_redis *rd = cli_redis(&c);
+    /* The at-rest keys of the configuration, as a worker loads them. */
+    char kerr[512];
+    int krc = BM_OK;
+    struct bm_keyring *kr = bm_keyring_from_conf(c.conf, &krc, kerr, sizeof kerr);
+    struct bm_redis *rd = krc == BM_OK ? cli_redis(&c) : NULL;
+    if (krc != BM_OK)
+        fprintf(stderr, "biomatch: %s\n", kerr);
     Biomatch__V1__GalleryDefinition *d = rd ? get_def(rd, pos[0]) : NULL;
     if (d == NULL)
         goto done;
@@ -526,7 +533,7 @@ static int gallery_load(int argc, char **argv)
         char err[512];
         int rc;
         double t0 = mono_s();
-        struct bm_shard *s = bm_shard_load(rd, d, sh, NULL, &rc, err, sizeof err);
+        struct bm_shard *s = bm_shard_load_keyring(rd, d, sh, NULL, kr, &rc, err, sizeof err);
         double dt = mono_s() - t0;
         if (s == NULL) {
             fprintf(stderr, "biomatch: shard %u: %s (%s)\n", sh, err, bm_strerror(rc));
@@ -572,6 +579,7 @@ static int gallery_load(int argc, char **argv)
 done:
     bm_galdef_free(d);
     bm_redis_close(rd);
+    bm_keyring_free(kr);
     cli_conf_free(&c);
     return ret;
 }

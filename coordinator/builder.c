@@ -23,6 +23,7 @@
 
 #include "conf/conf.h"
 #include "conf/topics.h"
+#include "crypto/atrest.h"
 #include "gallery.h"
 #include "obs/log.h"
 #include "shard.h"
@@ -51,6 +52,7 @@ struct builder {
     struct bm_bus_conf bus;
     struct bm_bus_prop *props;
     struct bm_gshard_env env;
+    struct bm_keyring *keyring;  /* at-rest keys from the conf; NULL = none */
     struct owned *own;
     size_t nown, capown;
     struct pending pend[MAX_PENDING];
@@ -208,6 +210,7 @@ static void builder_free(struct builder *b)
         bm_gshard_free(b->own[i].sh);
     free(b->own);
     bm_redis_close(b->redis);
+    bm_keyring_free(b->keyring);
     free(b->props);
     free(b);
 }
@@ -247,10 +250,25 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
         rc = BM_EIO;
         goto fail;
     }
+    b->keyring = bm_keyring_from_conf(conf, &rc, err, sizeof err);
+    if (rc != BM_OK)
+        goto fail;
+    if (bm_keyring_warning(b->keyring) != NULL)
+        BM_LOGF(BM_LOG_WARN, "at-rest key file permissions",
+                BM_LF_STR("warning", bm_keyring_warning(b->keyring)));
+    if (b->keyring != NULL)
+        BM_LOGF(BM_LOG_INFO, "at-rest encryption",
+                BM_LF_STR("current_key_id", bm_keyring_current_id(b->keyring)),
+                BM_LF_INT("keys", bm_keyring_count(b->keyring)));
+    b->env.keyring = b->keyring;
     b->env.redis = b->redis;
     b->env.bus = &b->bus;
     b->env.metrics = ctx->metrics;
     b->env.segment_max_bytes = conf->coordinator.segment_max_bytes;
+    /* Room for the envelope, so a sealed value is never larger than
+     * segment_max_bytes (redis.max_reply_bytes may equal it). */
+    if (bm_keyring_current_id(b->keyring) != NULL)
+        b->env.segment_max_bytes -= BM_ATREST_OVERHEAD(BM_KEYRING_ID_MAX);
     b->env.segment_max_age_ms = conf->coordinator.segment_max_age_ms;
     b->env.grace_ms = 30000;
     b->env.compact_quiet_ms = 2000;

@@ -24,6 +24,7 @@
 
 struct bm_redis;
 struct bm_metrics;
+struct bm_keyring;
 struct bm_gshard;
 
 /* What every shard of a builder shares (all borrowed). */
@@ -35,6 +36,8 @@ struct bm_gshard_env {
     int segment_max_age_ms;           /* or when the oldest change is this old */
     int64_t grace_ms;                 /* dropped segments expire after this */
     int compact_quiet_ms;             /* idle time before compacting small segments */
+    const struct bm_keyring *keyring; /* at-rest keys; blobs are sealed under its
+                                         current key, if any (NULL: plaintext) */
 };
 
 /* Open shard 'partition' of gallery 'def' (copied) whose log is 'topic':

@@ -25,6 +25,7 @@
 #include "obs/metrics.h"
 #include "store/loader.h"
 #include "store/redis.h"
+#include "store/redis_conf.h"
 #include "worker.h"
 
 #define WK_BACKOFF_MIN_MS 100
@@ -207,12 +208,8 @@ static void backoff(struct wk_shard *s, int64_t now)
 
 static struct bm_redis *redis_connect(struct wk *w)
 {
-    struct bm_redis_opts o = {0};
     char err[256];
-    o.connect_timeout_ms = w->conf->redis.connect_timeout_ms;
-    o.io_timeout_ms = w->conf->redis.io_timeout_ms;
-    o.max_reply_bytes = (size_t)w->conf->redis.max_reply_bytes;
-    struct bm_redis *r = bm_redis_connect(w->conf->redis.url, &o, err, sizeof err);
+    struct bm_redis *r = bm_redis_connect_conf(w->conf, err, sizeof err);
     if (r == NULL)
         BM_LOGF(BM_LOG_WARN, "redis connect failed; retrying", BM_LF_STR("error", err));
     return r;
@@ -223,7 +220,8 @@ static void do_load(struct wk *w, struct bm_redis *r, struct wk_shard *s)
     char err[512];
     int rc;
     struct wk_gallery *g = s->g;
-    struct bm_shard *sh = bm_shard_load(r, g->def, s->index, w->pool, &rc, err, sizeof err);
+    struct bm_shard *sh =
+        bm_shard_load_keyring(r, g->def, s->index, w->pool, w->keyring, &rc, err, sizeof err);
     int64_t now = wk_now_mono_ms();
     if (sh == NULL) {
         backoff(s, now);

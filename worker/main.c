@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "common/err.h"
+#include "crypto/keyring.h"
 #include "match/cpu.h"
 #include "match/pool.h"
 #include "obs/http.h"
@@ -24,6 +25,7 @@
 #include "store/galdef.h"
 #include "store/loader.h"
 #include "store/redis.h"
+#include "store/redis_conf.h"
 #include "wire/headers.h"
 #include "worker.h"
 
@@ -97,12 +99,8 @@ static int load_definitions(struct wk *w)
     size_t done = 0;
     int64_t last_log = 0;
     while (!g_stop) {
-        if (r == NULL) {
-            struct bm_redis_opts o = {0};
-            o.connect_timeout_ms = w->conf->redis.connect_timeout_ms;
-            o.io_timeout_ms = w->conf->redis.io_timeout_ms;
-            r = bm_redis_connect(w->conf->redis.url, &o, err, sizeof err);
-        }
+        if (r == NULL)
+            r = bm_redis_connect_conf(w->conf, err, sizeof err);
         while (r != NULL && done < w->ngal) {
             struct wk_gallery *g = &w->gal[done];
             int rc;
@@ -198,6 +196,13 @@ static int setup(struct wk *w, char *err, size_t errlen)
     w->pool = bm_pool_new((unsigned)c->worker.threads, err, errlen);
     if (w->pool == NULL)
         return BM_ENOMEM;
+    /* Segments sealed under an at-rest key open with these keys. */
+    w->keyring = bm_keyring_from_conf(c, &rc, err, errlen);
+    if (rc != BM_OK)
+        return rc;
+    if (bm_keyring_warning(w->keyring) != NULL)
+        BM_LOGF(BM_LOG_WARN, "at-rest key file permissions",
+                BM_LF_STR("warning", bm_keyring_warning(w->keyring)));
     return BM_OK;
 }
 
@@ -362,6 +367,7 @@ static void teardown(struct wk *w)
     for (size_t i = 0; w->gal != NULL && i < w->ngal; i++)
         bm_galdef_free(w->gal[i].def);
     bm_pool_free(w->pool);
+    bm_keyring_free(w->keyring);
     bm_http_stop(w->http);
     bm_metrics_destroy(w->metrics);
     free(w->gal);

@@ -142,6 +142,7 @@ struct wk {
     struct bm_bus_prop *props;
     struct bm_producer *producer;
     struct bm_pool *pool;
+    struct bm_keyring *keyring;    /* at-rest keys from the conf; NULL = none */
     struct bm_metrics *metrics;
     struct bm_http *http;
     char partials[BM_TOPIC_MAX];

@@ -42,6 +42,7 @@ struct bm_redis;
 struct bm_pool;
 struct bm_gallery;
 struct bm_manifest;
+struct bm_keyring;
 
 /* Bounds on blob data in flight during one pipelined batch. A single
  * segment larger than the byte bound is fetched alone. */
@@ -80,6 +81,19 @@ struct bm_shard_stats {
 struct bm_shard *bm_shard_load(struct bm_redis *r, const Biomatch__V1__GalleryDefinition *def,
                                uint32_t shard, struct bm_pool *pool, int *rc, char *err,
                                size_t errlen);
+
+/* bm_shard_load with the at-rest keyring 'kr' (crypto/keyring.h;
+ * borrowed, read-only, must outlive the shard; NULL = no keys), used by
+ * this load and every later bm_shard_refresh to open encrypted segments
+ * (docs/storage.md §8). Additional errors: BM_EUNSUPPORTED when a segment
+ * is sealed under a key id 'kr' lacks (err names the key id),
+ * BM_ECHECKSUM when its authentication fails, BM_EPROTO when the stored
+ * value and the manifest disagree about its key id. bm_shard_load(...) is
+ * bm_shard_load_keyring(..., NULL, ...). */
+struct bm_shard *bm_shard_load_keyring(struct bm_redis *r,
+                                       const Biomatch__V1__GalleryDefinition *def, uint32_t shard,
+                                       struct bm_pool *pool, const struct bm_keyring *kr, int *rc,
+                                       char *err, size_t errlen);
 
 /* Follow the shard's manifest: when the version in Redis is newer than the
  * one held, fetch only the segments it adds, drop the segments it removes
