@@ -2,10 +2,10 @@
  * biomatch-coordinator process (gallery role): 100k enrollments (face,
  * d=512 int8, 4 shards) land in the right shards with the right counts and
  * the stored bytes intake derives; updates replace; deletes vanish after
- * compaction; losing every Redis key of the gallery (the part of FLUSHALL
- * that concerns it; set BIOMATCH_TEST_FLUSHALL=1 for a real FLUSHALL when
- * no other test shares the Redis) is followed by a rebuild with identical
- * content; SIGTERM stops the coordinator cleanly. */
+ * compaction; a FLUSHALL (ctest sets BIOMATCH_TEST_FLUSHALL=1 and runs this
+ * test alone; without it only the gallery's own keys are deleted, for runs
+ * that share a Redis) is followed by a rebuild with identical content;
+ * SIGTERM stops the coordinator cleanly. */
 #include "test_gallery_util.h"
 
 #define N 100000
