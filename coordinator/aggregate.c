@@ -27,6 +27,7 @@
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "wire/decode.h"
+#include "wire/template.h"
 #include "wire/headers.h"
 #include "wire/job.h"
 
@@ -208,6 +209,11 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
         if (p->scoring_us > max_s)
             max_s = p->scoring_us;
         if (p->status != BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK) {
+            /* A shard that saw the task only after the deadline did not
+             * fail: it is missing, as if it had not answered, so the job
+             * is PARTIAL or TIMEOUT whatever the arrival order. */
+            if (p->error_code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_DEADLINE_EXCEEDED)
+                continue;
             if (verify && p->error_code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_SUBJECT_NOT_FOUND) {
                 t.ok++;
                 t.not_found++;
@@ -370,7 +376,8 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
     int opened = p->kind == BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_OPENED;
     if (p->job_id == NULL || !bm_wire_subject_id_valid(p->job_id) ||
         (!opened && p->kind != BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_SHARD) ||
-        p->shard_count == 0 || (!opened && p->shard >= p->shard_count)) {
+        p->shard_count == 0 || p->shard_count > BM_WIRE_MAX_SHARDS ||
+        (!opened && p->shard >= p->shard_count)) {
         bm_wire_free_partial(p);
         return to_dlq(ag, m, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE,
                       "partial without a valid job id, kind or shard");

@@ -489,6 +489,12 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         req->reply_topic[0] = '\0';
         code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
         snprintf(why, sizeof why, "reply_topic is not a valid topic name");
+    } else if (bm_topic_is_internal(e->ctx->conf->topic_prefix, req->reply_topic)) {
+        /* Never write an answer into one of our own topics (the gallery
+         * log, audit, jobs): answer through dlq instead. */
+        req->reply_topic[0] = '\0';
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+        snprintf(why, sizeof why, "reply_topic names an internal biomatch topic");
     } else if (strlen(req->request_id) < 1 || strlen(req->request_id) > 128) {
         code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
         snprintf(why, sizeof why, "request_id must be 1..128 bytes");

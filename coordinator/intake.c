@@ -400,15 +400,30 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
     rc = bm_wire_validate_job(job, def, now, &in->limits, &code, err, sizeof err);
     if (rc == BM_OK)
         rc = authorise(in, m, job, &code, err, sizeof err);
-    int reply_ok = job->reply_topic && bm_wire_topic_valid(job->reply_topic);
-    if (rc == BM_OK && job->reply_topic && job->reply_topic[0]) {
+    /* The reply topic is checked whatever the verdict, because rejections
+     * go there too: a missing topic would fail the delivery and, replayed,
+     * stop intake for good; one of our own topics (the gallery log, audit)
+     * must never receive a result. Either way the answer goes to results. */
+    int reply_ok = job->reply_topic && job->reply_topic[0] &&
+                   bm_wire_topic_valid(job->reply_topic);
+    if (reply_ok && bm_topic_is_internal(in->conf->topic_prefix, job->reply_topic)) {
+        reply_ok = 0;
+        if (rc == BM_OK) {
+            code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+            snprintf(err, sizeof err, "reply_topic names an internal biomatch topic");
+            rc = BM_EINVAL;
+        }
+    }
+    if (reply_ok) {
         char terr[256];
         int trc = bm_galcache_topic(in->cache, job->reply_topic, 1, 0, mono, terr, sizeof terr);
         if (trc == BM_ENOTFOUND) {
             reply_ok = 0;
-            code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
-            snprintf(err, sizeof err, "reply_topic does not exist");
-            rc = BM_EINVAL;
+            if (rc == BM_OK) {
+                code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+                snprintf(err, sizeof err, "reply_topic does not exist");
+                rc = BM_EINVAL;
+            }
         } else if (trc != BM_OK) {
             bm_wire_free_job(job);
             return bm_seterr(err, sizeof err, trc, "%s", terr);
@@ -597,6 +612,12 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
             in->cur = NULL;
             bm_bus_msg_free(m);
             if (hrc != BM_OK) {
+                /* The record was not handled: mark it so neither drain()
+                 * nor the close's commit moves the offset past it, and a
+                 * restart replays it. */
+                p->failed = 1;
+                snprintf(in->fatal, sizeof in->fatal, "handling a job failed: %s",
+                         bm_strerror(hrc));
                 bm_log(BM_LOG_ERROR, "intake cannot go on", "error", bm_strerror(hrc), NULL);
                 rc = hrc;
                 break;

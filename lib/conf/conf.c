@@ -85,7 +85,7 @@ static const struct key KEYS[] = {
     {"coordinator.max_job_bytes", "BIOMATCH_COORDINATOR_MAX_JOB_BYTES", K_I64,
      F(coordinator.max_job_bytes), 0, 1024, 1024LL * MIB, NULL},
     {"coordinator.max_top_k", "BIOMATCH_COORDINATOR_MAX_TOP_K", K_INT,
-     F(coordinator.max_top_k), 0, 1, 100000, NULL},
+     F(coordinator.max_top_k), 0, 1, 1000, NULL},
     {"coordinator.segment_max_bytes", "BIOMATCH_COORDINATOR_SEGMENT_MAX_BYTES", K_I64,
      F(coordinator.segment_max_bytes), 0, 4096, 512LL * MIB, NULL},
     {"coordinator.segment_max_age_ms", "BIOMATCH_COORDINATOR_SEGMENT_MAX_AGE_MS", K_INT,

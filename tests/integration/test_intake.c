@@ -134,6 +134,10 @@ static void test_intake_stream(void **state)
         {"bad-truncated", 2, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 0},
         {"bad-oversized", 2, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE, 0},
         {"bad-ctype", 2, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 0},
+        /* A reply topic that is one of ours, or that does not exist: the
+         * rejection goes to results and intake keeps running. */
+        {"bad-internal-reply", 1, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE, 0},
+        {"bad-missing-reply", 1, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_GALLERY, 0},
     };
     const size_t nex = sizeof ex / sizeof ex[0];
     const Biomatch__V1__MatchMode ID = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
@@ -193,14 +197,22 @@ static void test_intake_stream(void **state)
     b = make_job("bad-ctype", gallery, ID, DIM, 0, 5, NULL, NULL, &len);
     th_send(p, jobs, BM_PARTITION_ANY, "bad-ctype", b, len, &h);
     free(b);
+    b = make_job("bad-internal-reply", gallery, ID, DIM, 0, 5, NULL, jobs, &len);
+    th_send(p, jobs, BM_PARTITION_ANY, "bad-internal-reply", b, len, NULL);
+    free(b);
+    char missing[256];
+    th_topic(&e, missing, sizeof missing, "no-such-reply");
+    b = make_job("bad-missing-reply", "no-such-gallery", ID, DIM, 0, 5, NULL, missing, &len);
+    th_send(p, jobs, BM_PARTITION_ANY, "bad-missing-reply", b, len, NULL);
+    free(b);
     assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
 
     th_start(&e, bm_role_intake_run);
 
-    /* Rejections: 4 on results (bad-verify and friends), none on reply. */
+    /* Rejections: 7 on results (bad-verify and friends), none on reply. */
     static struct th_rec recs[TH_MAX_RECS];
-    size_t n = th_collect(&e, results, 1, 5, 0, recs, TH_MAX_RECS);
-    assert_int_equal(n, 5);
+    size_t n = th_collect(&e, results, 1, 7, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 7);
     for (size_t i = 0; i < n; i++) {
         Biomatch__V1__MatchResult *r = bm_wire_decode_result(recs[i].value, recs[i].len, 1 << 20,
                                                              err, sizeof err);
@@ -303,12 +315,12 @@ static void test_intake_stream(void **state)
     for (size_t k = 0; k < nex; k++)
         assert_int_equal(ex[k].seen, 1);
 
-    /* An audit record per rejected or dead-lettered job (8). */
-    n = th_collect(&e, audit, 1, 8, 0, recs, TH_MAX_RECS);
-    assert_int_equal(n, 8);
+    /* An audit record per rejected or dead-lettered job (10). */
+    n = th_collect(&e, audit, 1, 10, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 10);
     th_free(recs, n);
 
-    /* Stop; the group's committed offsets cover all 11 jobs. */
+    /* Stop; the group's committed offsets cover all 13 jobs. */
     assert_int_equal(th_stop(&e), BM_OK);
     char group[256];
     snprintf(group, sizeof group, "%s%s", e.prefix, BM_INTAKE_GROUP_SUFFIX);

@@ -19,6 +19,19 @@ static void test_names(void **state)
     assert_string_equal(buf, "biomatch.tasks.faces");
 }
 
+static void test_internal_topics(void **state)
+{
+    (void)state;
+    assert_true(bm_topic_is_internal("biomatch.", "biomatch.jobs"));
+    assert_true(bm_topic_is_internal("biomatch.", "biomatch.gallery.faces"));
+    assert_true(bm_topic_is_internal("biomatch.", "biomatch.tasks.faces"));
+    assert_true(bm_topic_is_internal("biomatch.", "biomatch.audit"));
+    assert_false(bm_topic_is_internal("biomatch.", "biomatch.results"));
+    assert_false(bm_topic_is_internal("biomatch.", "biomatch.replies.agency-a"));
+    assert_false(bm_topic_is_internal("biomatch.", "agency-a.results"));
+    assert_false(bm_topic_is_internal("biomatch.", "biomatch.jobsx"));
+}
+
 static void test_truncation_is_an_error(void **state)
 {
     (void)state;
@@ -47,6 +60,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_internal_topics),
         cmocka_unit_test(test_truncation_is_an_error),
         cmocka_unit_test(test_gallery_names),
     };
