@@ -270,6 +270,10 @@ static int poll_once(struct wk *w, int wait_ms)
 static int fatal_error(struct wk *w)
 {
     char err[256];
+    if (atomic_load(&w->stuck)) {
+        BM_LOGF(BM_LOG_ERROR, "an answer could not be sent; stopping", BM_LF_STR("node", w->conf->node_id));
+        return 1;
+    }
     if (bm_producer_fatal(w->producer, err, sizeof err) != BM_OK) {
         BM_LOGF(BM_LOG_ERROR, "producer fatal error", BM_LF_STR("error", err));
         return 1;

@@ -90,7 +90,10 @@ void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
     atomic_store(&p->next_offset, m->offset + 1);
     struct wk_entry *e = wk_entry_push(p, m->offset);
     if (e == NULL) {
-        BM_LOGF(BM_LOG_ERROR, "out of memory; pausing intake", BM_LF_STR("gallery", g->name));
+        /* No entry means no answer: later offsets must not be stored past
+         * this one, so stop the worker and let the task be redelivered. */
+        BM_LOGF(BM_LOG_ERROR, "out of memory; stopping", BM_LF_STR("gallery", g->name));
+        atomic_store(&w->stuck, 1);
         bm_bus_msg_free(m);
         return;
     }

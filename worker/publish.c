@@ -109,9 +109,14 @@ static int send_entry(struct wk *w, struct wk_entry *e)
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    if (rc != BM_OK)
-        BM_LOGF(BM_LOG_ERROR, "cannot send answer; task will be redelivered after restart",
+    if (rc != BM_OK) {
+        /* The entry stays undone, so no later offset of its partition is
+         * stored; the main loop sees 'stuck' and exits, and the task is
+         * redelivered to whoever owns the partition next. */
+        BM_LOGF(BM_LOG_ERROR, "cannot send answer; restarting so the task is redelivered",
                 BM_LF_STR("topic", e->dest), BM_LF_STR("error", bm_strerror(rc)));
+        atomic_store(&w->stuck, 1);
+    }
     return rc;
 }
 

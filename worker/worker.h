@@ -135,6 +135,7 @@ struct wk_task {
 
 struct wk {
     struct bm_conf *conf;
+    atomic_int stuck;              /* an answer could not be sent: restart */
     int refresh_ms;
     struct wk_gallery *gal;
     size_t ngal;
