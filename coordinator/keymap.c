@@ -169,16 +169,3 @@ void bm_keymap_clear(struct bm_keymap *m)
     memset(m->used, 0, m->cap);
     m->n = 0;
 }
-
-int bm_keymap_next(const struct bm_keymap *m, size_t *pos, uint64_t *key, uint64_t *val)
-{
-    while (*pos < m->cap) {
-        size_t j = (*pos)++;
-        if (m->used[j]) {
-            *key = m->keys[j];
-            *val = m->vals[j];
-            return 1;
-        }
-    }
-    return 0;
-}

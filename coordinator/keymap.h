@@ -32,8 +32,4 @@ size_t bm_keymap_count(const struct bm_keymap *m);
 /* Remove everything, keeping the allocation. */
 void bm_keymap_clear(struct bm_keymap *m);
 
-/* Iterate: start with *pos = 0; returns 1 with the next entry, 0 at the
- * end. The map must not change during an iteration. */
-int bm_keymap_next(const struct bm_keymap *m, size_t *pos, uint64_t *key, uint64_t *val);
-
 #endif /* BM_COORD_KEYMAP_H */

@@ -51,23 +51,6 @@ static rd_kafka_t *open_reader(const struct bm_bus_conf *conf, char *err, size_t
     return rk;
 }
 
-int bm_logread_end(const struct bm_bus_conf *conf, const char *topic, int32_t partition,
-                   int timeout_ms, int64_t *end, char *err, size_t errlen)
-{
-    rd_kafka_t *rk = open_reader(conf, err, errlen);
-    if (rk == NULL)
-        return BM_EKAFKA;
-    int64_t lo = 0, hi = 0;
-    rd_kafka_resp_err_t e =
-        rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &hi, timeout_ms);
-    rd_kafka_destroy(rk);
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
-        return bm_seterr(err, errlen, BM_EKAFKA, "logread: watermarks of %s/%d: %s", topic,
-                         (int)partition, rd_kafka_err2str(e));
-    *end = hi;
-    return BM_OK;
-}
-
 int bm_logread(const struct bm_bus_conf *conf, const char *topic, int32_t partition,
                int64_t from, int timeout_ms, bm_logread_fn fn, void *opaque, int64_t *end,
                char *err, size_t errlen)

@@ -29,8 +29,4 @@ int bm_logread(const struct bm_bus_conf *conf, const char *topic, int32_t partit
                int64_t from, int timeout_ms, bm_logread_fn fn, void *opaque, int64_t *end,
                char *err, size_t errlen);
 
-/* The high watermark (next offset to be written) of a partition. */
-int bm_logread_end(const struct bm_bus_conf *conf, const char *topic, int32_t partition,
-                   int timeout_ms, int64_t *end, char *err, size_t errlen);
-
 #endif /* BM_COORD_LOGREAD_H */

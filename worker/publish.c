@@ -185,15 +185,6 @@ void wk_part_advance(struct wk *w, struct wk_part *p)
     }
 }
 
-int wk_inflight_empty(struct wk *w)
-{
-    for (size_t i = 0; i < w->ngal; i++)
-        for (struct wk_part *p = w->gal[i].parts; p != NULL; p = p->next)
-            if (p->head != NULL)
-                return 0;
-    return w->zombies == NULL;
-}
-
 static void take_key(struct wk_entry *e, const char *job_id)
 {
     size_t n = strlen(job_id);

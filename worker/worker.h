@@ -220,8 +220,6 @@ void wk_publish_dlq(struct wk *w, struct wk_gallery *g, struct wk_entry *e,
 /* Store the contiguous delivered prefix of 'p' (poll thread). May free a
  * revoked partition whose queue drained: do not use 'p' afterwards. */
 void wk_part_advance(struct wk *w, struct wk_part *p);
-/* 1 when no partition has an answer in flight (poll thread). */
-int wk_inflight_empty(struct wk *w);
 void wk_entry_free(struct wk_entry *e);
 
 /* poll.c: task intake on the poll thread and the drain. */

@@ -111,6 +111,14 @@ static void test_broker_version(void **state)
      * release from the jar it started. */
     const char *v = getenv("BIOMATCH_KAFKA_VERSION");
     printf("kafka broker: version %s; %s\n", v != NULL && *v ? v : "(unknown)", info);
+    /* The broker must be the real one: it answered with its API versions,
+     * and a Kafka 4.x broker serves Fetch up to at least v17. */
+    assert_non_null(strstr(info, "brokers=1"));
+    const char *fetch = strstr(info, "fetch=");
+    assert_non_null(fetch);
+    const char *dots = strstr(fetch, "..");
+    assert_non_null(dots);
+    assert_true(strtol(dots + 2, NULL, 10) >= 17);
     bm_admin_free(a);
 }
 
