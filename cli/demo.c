@@ -55,7 +55,18 @@
 #define SEAL_WAIT_MS 240000
 #define WARMUP_MS 120000
 #define COLLECT_MS 90000
-#define ENROLL_CHUNK 10000u
+/* Enrolment is chunked for librdkafka 2.0.2's mock cluster, which keeps
+ * at most 5 MiB per partition and silently drops the oldest records beyond
+ * that (docs/internals/coordinator.md, "A backlog in the enroll topic"):
+ * a chunk puts at most CHUNK_PARTITION_BYTES on any partition of the
+ * enroll topic (ENROLL_PARTITIONS, as cli/up.c creates it) or of the
+ * gallery topic (one partition per shard), and is sealed before the next
+ * is sent, so no record is dropped before the coordinator has read it.
+ * tests/integration/test_gallery_backlog.c checks the mock keeps this
+ * much. */
+#define CHUNK_PARTITION_BYTES (3u << 20)
+#define ENROLL_PARTITIONS 4u
+#define CHUNK_RECORD_OVERHEAD 192u /* ids, fields, header, record framing */
 
 struct rng {
     uint64_t s;
@@ -313,6 +324,16 @@ static int enroll(struct bm_producer *p, const char *topic, const struct data *d
         return -1;
     }
     return 0;
+}
+
+/* Subjects of one chunk for a gallery of 'shards' shards whose templates
+ * take 'template_bytes' each (see CHUNK_PARTITION_BYTES). */
+static uint64_t chunk_subjects(uint32_t shards, size_t template_bytes)
+{
+    uint64_t parts = shards < ENROLL_PARTITIONS ? shards : ENROLL_PARTITIONS;
+    uint64_t n = (uint64_t)CHUNK_PARTITION_BYTES * (parts > 0 ? parts : 1) /
+                 (template_bytes + CHUNK_RECORD_OVERHEAD);
+    return n > 0 ? n : 1;
 }
 
 /* Live subjects over every shard of 'gallery' per the manifests in Redis;
@@ -647,13 +668,18 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
         fprintf(stderr, "demo: producer: %s\n", err);
         goto out;
     }
-    /* Enrol in chunks and let each one be sealed before the next: the
-     * embedded mock cluster was seen to stall the coordinator's enroll
-     * consumer when it found a backlog of some 50k requests (tens of MB)
-     * waiting, while chunks of this size flow through. */
+    /* Enrol in chunks and let each one be sealed before the next (see
+     * CHUNK_PARTITION_BYTES): a bigger backlog loses its head on the mock
+     * cluster, and the shards never reach the expected counts. */
     uint64_t total = (uint64_t)d.nf + d.ni;
-    for (uint64_t from = 0; from < total; from += ENROLL_CHUNK) {
-        uint64_t to = from + ENROLL_CHUNK < total ? from + ENROLL_CHUNK : total;
+    for (uint64_t from = 0, to; from < total; from = to) {
+        if (from < d.nf) {
+            to = from + chunk_subjects(env->face_shards, CLI_UP_FACE_DIM);
+            to = to < d.nf ? to : d.nf;
+        } else {
+            to = from + chunk_subjects(env->iris_shards, 2 * IRIS_BYTES);
+            to = to < total ? to : total;
+        }
         if (enroll(run.p, enroll_topic, &d, from, to, env->stop) != 0 ||
             wait_sealed(env, to < d.nf ? (int64_t)to : d.nf,
                         to > d.nf ? (int64_t)(to - d.nf) : 0) != 0)
