@@ -171,9 +171,12 @@ static int fetch_segments(struct bm_shard *s, struct bm_redis *r,
                                    s->shard, (unsigned long long)refs[j]->id,
                                    (unsigned long long)bm_segment_id(segs[j]));
             }
-            /* The blob is released here, right after decoding: at most one
-             * batch of raw blobs is ever alive. */
-            bm_redis_reply_free(rep);
+            /* The blob is released right after decoding (at most one raw
+             * blob is alive at a time); its buffer goes back to the
+             * connection for the next GET of the batch, whose pages are
+             * then already mapped (the connection drops it when the batch
+             * is drained). */
+            bm_redis_reply_recycle(r, rep);
         }
         i = end;
     }

@@ -9,6 +9,18 @@
  * single payload byte is buffered. hiredis builds our reply type directly
  * through its object-function hooks (no hiredis type escapes, no copy).
  *
+ * Large blobs (segment GETs of many MiB) bypass hiredis: when the gate meets
+ * a top-level "$<len>" header with len >= DIRECT_MIN_BYTES it stops there,
+ * the bytes before it (complete earlier replies) go to hiredis as usual, and
+ * the payload is received straight into one malloc'd buffer of the announced
+ * size, which becomes the reply's 'str'. That saves hiredis's growing buffer
+ * (realloc) and two copies of every blob. The gate has already applied the
+ * size limits to that header, so the limits hold on both paths. A header
+ * split across two transport reads takes the hiredis path (correct, only
+ * slower). Unlike hiredis 0.14, the direct path also checks the CRLF after
+ * the payload. bm_redis_reply_recycle() lets a pipelined run of big GETs
+ * reuse one such buffer (pages already mapped) while replies are owed.
+ *
  * Main invariant: either the connection is healthy (tr != NULL, reader and
  * gate in step with the byte stream, 'pending' replies owed) or it is broken
  * (tr == NULL, reader freed): nothing is ever read from a stream whose
@@ -31,6 +43,7 @@
 #include <time.h>
 
 #define RBUF_SIZE (64 * 1024)   /* one transport read */
+#define DIRECT_MIN_BYTES (64 * 1024) /* top-level bulks this big skip hiredis */
 #define GATE_MAX_DEPTH 7        /* nested arrays; hiredis 0.14 stops at 8 */
 #define SCRIPT_CACHE_MAX 64
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
@@ -53,6 +66,9 @@ struct resp_gate {
     char line[24];              /* header line of ':', '$', '*' (no '\n') */
     size_t linelen;
     unsigned long long skip;    /* G_BULK: payload + CRLF bytes still to pass */
+    size_t direct_min;          /* top-level bulk size that stops the scan */
+    bool direct;                /* stopped at such a header; payload unscanned */
+    size_t direct_len;          /* its announced length */
 };
 
 static void gate_reset(struct resp_gate *g, size_t max_bytes, size_t max_elems)
@@ -60,6 +76,7 @@ static void gate_reset(struct resp_gate *g, size_t max_bytes, size_t max_elems)
     memset(g, 0, sizeof *g);
     g->max_bytes = max_bytes;
     g->max_elems = max_elems;
+    g->direct_min = DIRECT_MIN_BYTES;
     g->state = G_TYPE;
 }
 
@@ -76,6 +93,15 @@ static void gate_elem_done(struct resp_gate *g)
     }
     g->bytes = 0;
     g->elems = 0;
+}
+
+/* The direct reader consumed the payload and CRLF of the bulk the scan
+ * stopped at: that top-level reply is complete. */
+static void gate_direct_done(struct resp_gate *g)
+{
+    g->direct = false;
+    g->skip = 0;
+    gate_elem_done(g);
 }
 
 /* Parse the header line "<int>\r" strictly: optional '-', 1-18 digits. */
@@ -150,14 +176,18 @@ static int gate_header(struct resp_gate *g, char *msg, size_t msglen)
     return BM_OK;
 }
 
-/* Scan 'len' new bytes. Returns BM_OK with *okp = len, or the first
- * violation with *okp = the number of leading bytes that belong to earlier,
- * acceptable elements (those may still be fed to the parser, so replies
- * that arrived before the bad one are delivered). */
+/* Scan 'len' new bytes. Returns BM_OK with *okp = *usedp = len, or the
+ * first violation with *okp = the number of leading bytes that belong to
+ * earlier, acceptable elements (those may still be fed to the parser, so
+ * replies that arrived before the bad one are delivered). When it meets a
+ * whole top-level bulk header of at least direct_min bytes it stops right
+ * after that header with g->direct set: *okp = the bytes before the '$'
+ * (for the parser), *usedp = the bytes up to the end of the header. */
 static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *okp,
-                     char *msg, size_t msglen)
+                     size_t *usedp, char *msg, size_t msglen)
 {
     size_t i = 0, start = 0;
+    bool start_here = false;    /* the current element's type byte is in buf */
     int rc = BM_OK;
     while (i < len && rc == BM_OK) {
         switch (g->state) {
@@ -177,6 +207,7 @@ static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *o
             }
             g->type = t;
             g->bytes++;
+            start_here = true;
             i++;
             break;
         }
@@ -204,6 +235,14 @@ static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *o
                 break;
             }
             rc = gate_header(g, msg, msglen);
+            if (rc == BM_OK && g->state == G_BULK && g->type == '$' && g->depth == 0 &&
+                start_here && g->direct_min > 0 && g->skip - 2 >= g->direct_min) {
+                g->direct = true;
+                g->direct_len = (size_t)(g->skip - 2);
+                *okp = start;
+                *usedp = i;
+                return BM_OK;
+            }
             break;
         }
         case G_BULK: {
@@ -219,6 +258,7 @@ static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *o
         }
     }
     *okp = rc == BM_OK ? len : start;
+    *usedp = i;
     return rc;
 }
 
@@ -340,6 +380,15 @@ struct bm_redis {
     int break_err;              /* why the connection broke */
     char break_msg[256];
     char *rbuf;                 /* RBUF_SIZE bytes */
+    size_t rpos, rend;          /* rbuf[rpos..rend): read, not yet scanned */
+    char *dbuf;                 /* direct bulk being received: dlen + CRLF */
+    size_t dlen, dhave, dcap;   /* payload length; bytes received; capacity */
+    char *given;                /* the last direct buffer handed out (only
+                                   compared, never dereferenced; cleared
+                                   when a hiredis reply could reuse it) */
+    size_t given_cap;           /* its capacity */
+    char *spare;                /* recycled buffer for the next direct bulk */
+    size_t spare_cap;
     struct script_entry *scripts;
     size_t nscripts;
     struct bm_tls_conf tls;     /* dial_arg of the default TLS dialer; its
@@ -381,6 +430,12 @@ static void conn_break(struct bm_redis *c, int code, const char *msg)
         redisReaderFree(c->reader);
     c->reader = NULL;
     c->olen = 0;
+    c->rpos = c->rend = 0;
+    free(c->dbuf);
+    c->dbuf = NULL;
+    free(c->spare);
+    c->spare = NULL;
+    c->spare_cap = 0;
     c->gate_err = BM_OK;
     c->break_err = code;
     snprintf(c->break_msg, sizeof c->break_msg, "%s", msg);
@@ -423,6 +478,9 @@ static int conn_open(struct bm_redis *c)
     c->tr = tr;
     c->pending = 0;
     c->olen = 0;
+    c->rpos = c->rend = 0;
+    free(c->dbuf);
+    c->dbuf = NULL;
     c->gate_err = BM_OK;
     c->break_err = BM_OK;
     gate_reset(&c->gate, c->opts.max_reply_bytes, c->opts.max_elements);
@@ -463,6 +521,8 @@ static int conn_open(struct bm_redis *c)
  * of failing after it was sent. Then reopen if broken. */
 static int conn_ready(struct bm_redis *c)
 {
+    if (c->tr != NULL && c->pending == 0 && c->olen == 0 && c->rpos < c->rend)
+        conn_break(c, BM_EIO, "unsolicited bytes from server");
     if (c->tr != NULL && c->pending == 0 && c->olen == 0) {
         size_t got = 0;
         char msg[64];
@@ -556,10 +616,38 @@ static int read_reply(struct bm_redis *c, struct bm_redis_reply **reply)
             snprintf(msg, sizeof msg, "bad reply from server: %s", c->reader->errstr);
             return fail_reply(c, code, msg);
         }
+        if (obj == NULL && c->dbuf != NULL && c->dhave == c->dlen + 2) {
+            /* hiredis holds no earlier reply, so the direct bulk is next. */
+            if (c->dbuf[c->dlen] != '\r' || c->dbuf[c->dlen + 1] != '\n')
+                return fail_reply(c, BM_EPROTO,
+                                  "bad reply from server: bulk string not followed by CRLF");
+            struct bm_redis_reply *r = calloc(1, sizeof *r);
+            if (r == NULL)
+                return fail_reply(c, BM_ENOMEM, "out of memory for a reply");
+            r->type = BM_REDIS_STRING;
+            r->len = c->dlen;
+            r->str = c->dbuf;
+            r->str[r->len] = '\0';
+            c->given = c->dbuf;
+            c->given_cap = c->dcap;
+            c->dbuf = NULL;
+            gate_direct_done(&c->gate);
+            obj = r;
+        } else if (obj != NULL) {
+            /* A hiredis-built reply: its strings may sit where a freed
+             * direct buffer was, so that buffer's capacity is forgotten
+             * (recycle then assumes len + 1, which is always safe). */
+            c->given = NULL;
+        }
         if (obj != NULL) {
             struct bm_redis_reply *r = obj;
             int rc = BM_OK;
-            c->pending--;
+            if (--c->pending == 0) {
+                /* The pipeline drained: do not hold a blob-sized buffer. */
+                free(c->spare);
+                c->spare = NULL;
+                c->spare_cap = 0;
+            }
             if (r->type == BM_REDIS_ERROR)
                 rc = set_err(c, BM_EREDIS, "%s", r->str);
             if (reply != NULL)
@@ -573,15 +661,66 @@ static int read_reply(struct bm_redis *c, struct bm_redis_reply **reply)
             return fail_reply(c, c->gate_err, msg);
         }
         size_t got = 0;
-        int rc = c->tr->read(c->tr, c->rbuf, RBUF_SIZE, &got, c->opts.io_timeout_ms, msg,
+        int rc;
+        if (c->dbuf != NULL) {
+            /* Payload and CRLF of the direct bulk: first what the last read
+             * brought along, then straight from the transport into place,
+             * never past its end (the next reply stays in the stream). */
+            size_t want = c->dlen + 2 - c->dhave;
+            if (c->rpos < c->rend) {
+                got = c->rend - c->rpos < want ? c->rend - c->rpos : want;
+                memcpy(c->dbuf + c->dhave, c->rbuf + c->rpos, got);
+                c->rpos += got;
+            } else {
+                rc = c->tr->read(c->tr, c->dbuf + c->dhave, want, &got,
+                                 c->opts.io_timeout_ms, msg, sizeof msg);
+                if (rc != BM_OK)
+                    return fail_reply(c, rc, msg);
+            }
+            c->dhave += got;
+            continue;
+        }
+        if (c->rpos == c->rend) {
+            rc = c->tr->read(c->tr, c->rbuf, RBUF_SIZE, &got, c->opts.io_timeout_ms, msg,
                              sizeof msg);
-        if (rc != BM_OK)
-            return fail_reply(c, rc, msg);
-        size_t ok = 0;
-        c->gate_err = gate_scan(&c->gate, c->rbuf, got, &ok, c->gate_msg,
-                                sizeof c->gate_msg);
-        if (ok > 0 && redisReaderFeed(c->reader, c->rbuf, ok) != REDIS_OK)
+            if (rc != BM_OK)
+                return fail_reply(c, rc, msg);
+            c->rpos = 0;
+            c->rend = got;
+        }
+        size_t ok = 0, used = 0;
+        c->gate_err = gate_scan(&c->gate, c->rbuf + c->rpos, c->rend - c->rpos, &ok, &used,
+                                c->gate_msg, sizeof c->gate_msg);
+        if (ok > 0 && redisReaderFeed(c->reader, c->rbuf + c->rpos, ok) != REDIS_OK)
             return fail_reply(c, BM_ENOMEM, "out of memory buffering a reply");
+        /* After a violation nothing more is parsed: the stream is dropped
+         * once the replies before it are delivered. */
+        c->rpos = c->gate_err != BM_OK ? c->rend : c->rpos + used;
+        if (c->gate_err == BM_OK && c->gate.direct) {
+            /* The gate checked the length against the reply limit. */
+            size_t need = c->gate.direct_len + 2;
+            if (c->spare != NULL && c->spare_cap >= need) {
+                c->dbuf = c->spare;
+                c->dcap = c->spare_cap;
+                c->spare = NULL;
+                c->spare_cap = 0;
+            } else {
+                /* 1/8 slack, so a recycled buffer fits the next, slightly
+                 * bigger, blob of a pipelined run (pages never touched cost
+                 * no memory). A too small spare is freed first, not
+                 * realloc'd: its contents are garbage, and copying them
+                 * would only touch more fresh pages. */
+                free(c->spare);
+                c->spare = NULL;
+                c->spare_cap = 0;
+                c->dcap = (need + need / 8 + 4095) & ~(size_t)4095;
+                c->dbuf = malloc(c->dcap);
+                if (c->dbuf == NULL)
+                    return fail_reply(c, BM_ENOMEM, "out of memory for a bulk reply");
+            }
+            c->dlen = c->gate.direct_len;
+            c->dhave = 0;
+        }
     }
 }
 
@@ -655,6 +794,28 @@ int bm_redis_cmd(struct bm_redis *c, struct bm_redis_reply **reply, const char *
     free(argv);
     free(lens);
     return rc;
+}
+
+void bm_redis_reply_recycle(struct bm_redis *c, struct bm_redis_reply *r)
+{
+    if (r == NULL)
+        return;
+    bool ours = c != NULL && r->str != NULL && r->str == c->given;
+    if (ours)
+        c->given = NULL;
+    if (c != NULL && c->tr != NULL && c->pending > 0 && r->type == BM_REDIS_STRING &&
+        r->str != NULL) {
+        /* Capacity: known for our own direct buffer, else what hiredis's
+         * hook allocated (len + 1). Keep the bigger of it and the spare. */
+        size_t cap = ours ? c->given_cap : r->len + 1;
+        if (cap > c->spare_cap) {
+            free(c->spare);
+            c->spare = r->str;
+            c->spare_cap = cap;
+            r->str = NULL;
+        }
+    }
+    bm_redis_reply_free(r);
 }
 
 /* ---- URL ---------------------------------------------------------------- */
@@ -810,6 +971,8 @@ void bm_redis_close(struct bm_redis *c)
     free(c->password);
     free(c->obuf);
     free(c->rbuf);
+    free(c->dbuf);
+    free(c->spare);
     free(c);
 }
 

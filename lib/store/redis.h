@@ -148,6 +148,15 @@ int bm_redis_append(struct bm_redis *c, int argc, const char *const *argv,
                     const size_t *argvlen);
 int bm_redis_get_reply(struct bm_redis *c, struct bm_redis_reply **reply);
 
+/* Free 'r' like bm_redis_reply_free (NULL accepted), but while replies are
+ * still owed on 'c' keep the memory of a top-level STRING reply's 'str' in
+ * 'c' for the next large bulk reply, so a pipelined run of big GETs reuses
+ * one already-faulted buffer instead of fresh pages per blob. At most one
+ * buffer is kept; it is freed as soon as no reply is owed any more (or the
+ * connection breaks or closes), so nothing stays held after a pipeline
+ * drains. 'r' must not be used afterwards. Thread: as for 'c'. */
+void bm_redis_reply_recycle(struct bm_redis *c, struct bm_redis_reply *r);
+
 /* Number of replies still owed by the server for appended commands. */
 size_t bm_redis_pending(const struct bm_redis *c);
 
