@@ -55,19 +55,29 @@ float bm_dense_quantise(const float *x, uint32_t dim, int8_t *q)
     return scale;
 }
 
-int32_t bm_dense_sum_i8(const int8_t *q, uint32_t dim)
+double bm_dense_norm_i8(const int8_t *q, uint32_t dim)
 {
-    int32_t s = 0;
+    /* int32 lanes (q^2 <= 2^14, dim <= 4096: no overflow) so the loop
+     * vectorises. */
+    int32_t ss = 0;
     for (uint32_t i = 0; i < dim; i++)
-        s += q[i];
-    return s;
+        ss += (int32_t)q[i] * q[i];
+    return sqrt((double)ss);
 }
 
-void bm_dense_encode(const struct bm_spec *spec, const float *unit, void *row, float *scale,
-                     int32_t *sum)
+size_t bm_dense_i8_candidates(size_t k, size_t live)
+{
+    if (k >= live)
+        return live;
+    size_t c = k > SIZE_MAX / 4 ? SIZE_MAX : 4 * k;
+    if (c < k + 32)
+        c = k + 32;
+    return c < live ? c : live;
+}
+
+void bm_dense_encode(const struct bm_spec *spec, const float *unit, void *row, float *scale)
 {
     *scale = 1.0f;
-    *sum = 0;
     switch (spec->dtype) {
     case BM_DTYPE_F32:
         memcpy(row, unit, spec->dim * sizeof(float));
@@ -80,7 +90,6 @@ void bm_dense_encode(const struct bm_spec *spec, const float *unit, void *row, f
     }
     case BM_DTYPE_INT8:
         *scale = bm_dense_quantise(unit, spec->dim, row);
-        *sum = bm_dense_sum_i8(row, spec->dim);
         break;
     }
 }
@@ -97,7 +106,8 @@ int bm_dense_probes_prepare(const struct bm_spec *spec, const struct bm_probe *p
     if (spec->dtype == BM_DTYPE_INT8) {
         out->i8 = bm_alloc64(n * out->stride);
         out->scale = malloc((n ? n : 1) * sizeof *out->scale);
-        if (out->i8 == NULL || out->scale == NULL)
+        out->qerr = malloc((n ? n : 1) * sizeof *out->qerr);
+        if (out->i8 == NULL || out->scale == NULL || out->qerr == NULL)
             goto oom;
     }
     for (size_t i = 0; i < n; i++) {
@@ -111,8 +121,17 @@ int bm_dense_probes_prepare(const struct bm_spec *spec, const struct bm_probe *p
             bm_dense_probes_free(out);
             return bm_seterr(err, errlen, BM_EINVAL, "probe %zu: %s", i, why);
         }
-        if (out->i8 != NULL)
-            out->scale[i] = bm_dense_quantise(f, spec->dim, out->i8 + i * out->stride);
+        if (out->i8 != NULL) {
+            int8_t *q = out->i8 + i * out->stride;
+            float sc = bm_dense_quantise(f, spec->dim, q);
+            double e = 0;
+            for (uint32_t j = 0; j < spec->dim; j++) {
+                double d = (double)f[j] - (double)sc * q[j];
+                e += d * d;
+            }
+            out->scale[i] = sc;
+            out->qerr[i] = (float)sqrt(e);
+        }
     }
     return BM_OK;
 oom:
@@ -127,6 +146,7 @@ void bm_dense_probes_free(struct bm_dense_probes *dp)
     free(dp->f32);
     free(dp->i8);
     free(dp->scale);
+    free(dp->qerr);
     memset(dp, 0, sizeof *dp);
 }
 
@@ -140,8 +160,7 @@ float bm_dense_score_one(const struct bm_kernels *k, const struct bm_dense_probe
     case BM_DTYPE_F16:
         return k->dot_f16(dp->f32 + i * dp->stride, g, s->spec.dim);
     case BM_DTYPE_INT8:
-        return (float)k->dot_i8(dp->i8 + i * dp->stride, g, s->spec.dim) *
-               (dp->scale[i] * s->scales[row]);
+        return k->dot_f32i8(dp->f32 + i * dp->stride, g, s->spec.dim) * s->scales[row];
     }
     return NAN;
 }

@@ -10,6 +10,10 @@
  * search pins the version it starts on (refs), so the old one is freed by
  * whoever drops the last reference: the writer or the last search.
  *
+ * The id index stores 8-byte slots (segment position, row, hash bits) at
+ * load <= 0.75 with any capacity (multiply-shift range reduction); ids are
+ * compared through the segments' id arrays.
+ *
  * Search: the rows of all segments are cut into tasks of contiguous rows;
  * the pool's threads take tasks; each task streams its rows one L2-sized
  * tile at a time and scores every probe of the batch against the tile with
@@ -17,7 +21,9 @@
  * then passes the scores through a vector pre-filter against each probe's
  * threshold and heap floor, so only possible entrants reach that thread's
  * per-probe top-k heaps. Iris rows are scored in L1-sized blocks against
- * every probe's rotated variants. The heaps are merged at the end. */
+ * every probe's rotated variants. The heaps are merged at the end. For
+ * int8 galleries the scan only generates candidates, which are re-scored
+ * with the f32 probe before the final top-k (see "int8 search" below). */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -37,20 +43,28 @@
 #define IRIS_BLOCK 8           /* iris rows scored together (8 x 4 KiB: L1) */
 #define IRIS_TILE 128          /* iris rows per probe pass (512 KiB: L2) */
 
-struct slot {
-    uint64_t id;
-    uint32_t seg;            /* UINT32_MAX: empty */
-    uint32_t row;
-};
+/* An id index slot: 0 = empty, else row (bits 0-31), segment position + 1
+ * (bits 32-51) and 12 bits of the id's hash (52-63). The id itself is not
+ * stored: it is read from the segment's id array, and the hash bits skip
+ * almost every foreign slot without that extra memory access. 8 bytes a
+ * slot instead of 16 (id, segment, row). */
+typedef uint64_t slot_t;
+#define SLOT_SEG_BITS 20
+#define MAX_SEGMENTS ((1u << SLOT_SEG_BITS) - 1) /* positions a slot can name */
+#define TAG_BITS 12
 
-/* An open-addressing hash index id -> (segment position, row); capacity a
- * power of two, at most half full. A base index is shared by refcount
- * between versions and never changes once built. */
+/* An open-addressing (linear probing) hash index id -> (segment position,
+ * row) of the id's latest row. The capacity is any number >= ids / 0.75
+ * (+16), reached by multiply-shift range reduction of the hash, so the load
+ * stays near 0.75 instead of between 0.25 and 0.5 with powers of two. A
+ * base index is shared by refcount between versions and never changes once
+ * built; it names segments by position, which stays valid in every version
+ * sharing it (those drop no segment). */
 struct index {
     atomic_uint refs;
     size_t cap;
     size_t n;                /* ids stored */
-    struct slot *slots;
+    slot_t *slots;
 };
 
 struct version {
@@ -90,21 +104,19 @@ static uint64_t mix(uint64_t x)
     return x;
 }
 
+__extension__ typedef unsigned __int128 u128;
+
 static struct index *index_new(size_t ids)
 {
     struct index *x = calloc(1, sizeof *x);
     if (x == NULL)
         return NULL;
-    x->cap = 16;
-    while (x->cap < 2 * ids + 16)
-        x->cap *= 2;
-    x->slots = malloc(x->cap * sizeof *x->slots);
+    x->cap = ids + ids / 3 + 16;
+    x->slots = calloc(x->cap, sizeof *x->slots);
     if (x->slots == NULL) {
         free(x);
         return NULL;
     }
-    for (size_t i = 0; i < x->cap; i++)
-        x->slots[i].seg = UINT32_MAX;
     atomic_init(&x->refs, 1);
     return x;
 }
@@ -117,42 +129,57 @@ static void index_unref(struct index *x)
     }
 }
 
-/* The slot of 'id': its entry, or the empty slot where it would go. */
-static struct slot *slot_find(const struct index *x, uint64_t id)
+static slot_t slot_make(uint64_t h, uint32_t seg, uint32_t row)
 {
-    size_t m = x->cap - 1;
-    for (size_t i = mix(id) & m;; i = (i + 1) & m) {
-        struct slot *s = &x->slots[i];
-        if (s->seg == UINT32_MAX || s->id == id)
+    return (h >> (64 - TAG_BITS) << (64 - TAG_BITS)) | ((uint64_t)(seg + 1) << 32) | row;
+}
+
+static uint32_t slot_seg(slot_t s) { return (uint32_t)((s >> 32) & MAX_SEGMENTS) - 1; }
+static uint32_t slot_row(slot_t s) { return (uint32_t)s; }
+
+/* The slot of 'id' (its entry, or the empty slot where it would go); ids
+ * are compared through segs[position]->ids[row]. */
+static slot_t *slot_find(const struct index *x, struct bm_segment *const *segs, uint64_t id)
+{
+    uint64_t h = mix(id);
+    uint64_t tag = h >> (64 - TAG_BITS);
+    size_t i = (size_t)(((u128)h * x->cap) >> 64); /* uniform in [0, cap) */
+    for (;;) {
+        slot_t *s = &x->slots[i];
+        if (*s == 0)
             return s;
+        if (*s >> (64 - TAG_BITS) == tag && segs[slot_seg(*s)]->ids[slot_row(*s)] == id)
+            return s;
+        if (++i == x->cap)
+            i = 0;
     }
 }
 
 /* Insert or overwrite; the caller sized the index for every id it puts. */
-static void index_put(struct index *x, uint64_t id, uint32_t seg, uint32_t row)
+static void index_put(struct index *x, struct bm_segment *const *segs, uint64_t id, uint32_t seg,
+                      uint32_t row)
 {
-    struct slot *s = slot_find(x, id);
-    if (s->seg == UINT32_MAX)
+    slot_t *s = slot_find(x, segs, id);
+    if (*s == 0)
         x->n++;
-    s->id = id;
-    s->seg = seg;
-    s->row = row;
+    *s = slot_make(mix(id), seg, row);
 }
 
-/* The latest row of 'id' in a version, or NULL. */
-static const struct slot *lookup(const struct version *v, uint64_t id)
+/* The latest row of 'id' in a version: 1 and (*seg, *row), or 0. */
+static int lookup(const struct version *v, uint64_t id, uint32_t *seg, uint32_t *row)
 {
-    if (v->delta != NULL) {
-        const struct slot *s = slot_find(v->delta, id);
-        if (s->seg != UINT32_MAX)
-            return s;
+    const struct index *layers[2] = {v->delta, v->base};
+    for (int l = 0; l < 2; l++) {
+        if (layers[l] == NULL)
+            continue;
+        slot_t s = *slot_find(layers[l], v->segs, id);
+        if (s != 0) {
+            *seg = slot_seg(s);
+            *row = slot_row(s);
+            return 1;
+        }
     }
-    if (v->base != NULL) {
-        const struct slot *s = slot_find(v->base, id);
-        if (s->seg != UINT32_MAX)
-            return s;
-    }
-    return NULL;
+    return 0;
 }
 
 static int is_dead(const struct version *v, size_t seg, size_t row)
@@ -250,10 +277,10 @@ static int in_list(const uint64_t *list, size_t n, uint64_t x)
 static void index_row(struct version *v, struct index *into, size_t s, size_t r)
 {
     uint64_t id = v->segs[s]->ids[r];
-    const struct slot *old = lookup(v, id);
-    if (old != NULL)
-        set_bit(v->shadow, old->seg, old->row);
-    index_put(into, id, (uint32_t)s, (uint32_t)r);
+    uint32_t os, orow;
+    if (lookup(v, id, &os, &orow))
+        set_bit(v->shadow, os, orow);
+    index_put(into, v->segs, id, (uint32_t)s, (uint32_t)r);
 }
 
 int bm_gallery_update(struct bm_gallery *g, struct bm_segment **add, size_t nadd,
@@ -302,6 +329,10 @@ int bm_gallery_update(struct bm_gallery *g, struct bm_segment **add, size_t nadd
         added_rows += add[i]->count;
     }
     size_t nall = v->nseg + nadd;
+    if (nall > MAX_SEGMENTS) {
+        version_free(v); /* holds references to the kept segments only */
+        return bm_seterr(err, errlen, BM_EINVAL, "gallery: more than %u segments", MAX_SEGMENTS);
+    }
     for (size_t i = 0; i < nall; i++) {
         v->dead[i] = malloc(map_words(v->segs[i]) * sizeof(uint64_t));
         v->shadow[i] = calloc(map_words(v->segs[i]), sizeof(uint64_t));
@@ -355,9 +386,10 @@ int bm_gallery_update(struct bm_gallery *g, struct bm_segment **add, size_t nadd
             memcpy(v->shadow[s], old->shadow[s], map_words(v->segs[s]) * sizeof(uint64_t));
         if (old->delta != NULL)
             for (size_t i = 0; i < old->delta->cap; i++) {
-                const struct slot *sl = &old->delta->slots[i];
-                if (sl->seg != UINT32_MAX)
-                    index_put(v->delta, sl->id, sl->seg, sl->row);
+                slot_t sl = old->delta->slots[i];
+                if (sl != 0)
+                    index_put(v->delta, v->segs, v->segs[slot_seg(sl)]->ids[slot_row(sl)],
+                              slot_seg(sl), slot_row(sl));
             }
         for (size_t s = nkept; s < nall; s++)
             for (size_t r = 0; r < v->segs[s]->count; r++)
@@ -366,17 +398,17 @@ int bm_gallery_update(struct bm_gallery *g, struct bm_segment **add, size_t nadd
     for (size_t s = 0; s < nall; s++)
         memcpy(v->dead[s], v->shadow[s], map_words(v->segs[s]) * sizeof(uint64_t));
     for (size_t i = 0; i < ntombstones; i++) {
-        const struct slot *sl = lookup(v, tombstones[i]);
-        if (sl != NULL)
-            set_bit(v->dead, sl->seg, sl->row);
+        uint32_t ts, tr;
+        if (lookup(v, tombstones[i], &ts, &tr))
+            set_bit(v->dead, ts, tr);
     }
     size_t ndead = 0;
     for (size_t s = 0; s < nall; s++)
         for (size_t w = 0; w < map_words(v->segs[s]); w++)
             ndead += (size_t)__builtin_popcountll(v->dead[s][w]);
     v->live = v->rows - ndead;
-    v->memory = sizeof *v + v->base->cap * sizeof(struct slot) +
-                (v->delta != NULL ? v->delta->cap * sizeof(struct slot) : 0);
+    v->memory = sizeof *v + v->base->cap * sizeof(slot_t) +
+                (v->delta != NULL ? v->delta->cap * sizeof(slot_t) : 0);
     for (size_t s = 0; s < nall; s++)
         v->memory += bm_segment_memory(v->segs[s]) + 2 * map_words(v->segs[s]) * 8;
 
@@ -442,7 +474,9 @@ struct search {
     const struct version *v;
     const struct bm_kernels *k;
     size_t nprobes, k_best;
+    size_t k_scan;           /* heap size of the scan: k, or the int8 candidates */
     float threshold;
+    float *scan_thr;         /* int8: per probe, threshold - safe margin */
     struct bm_dense_probes dp;
     struct bm_iris_probes ip;
     struct task *tasks;
@@ -509,7 +543,7 @@ static void dense_task(struct search *S, const struct task *t, unsigned thread)
                                     fsc + q0 * tile, tile);
                 else
                     S->k->batch_i8(S->dp.i8 + qi * S->dp.stride, S->dp.stride, nq,
-                                   (const int8_t *)grow, s->stride, s->sums + r0, nr, dim,
+                                   (const int8_t *)grow, s->stride, nr, dim,
                                    isc + q0 * tile, tile);
             }
             for (size_t p = 0; p < np; p++) {
@@ -521,11 +555,12 @@ static void dense_task(struct search *S, const struct task *t, unsigned thread)
                  * (>= the threshold and >= its current worst) reach offer(),
                  * which re-checks them exactly (ties, dead rows). */
                 float floor = bm_topk_floor(h);
-                if (S->threshold > floor)
-                    floor = S->threshold;
+                float thr = S->scan_thr != NULL ? S->scan_thr[p0 + p] : S->threshold;
+                if (thr > floor)
+                    floor = thr;
                 size_t nc = S->k->select_ge(row, nr, floor, sel);
                 for (size_t c = 0; c < nc; c++)
-                    offer(h, S->v, s, t->seg, r0 + sel[c], row[sel[c]], S->threshold);
+                    offer(h, S->v, s, t->seg, r0 + sel[c], row[sel[c]], thr);
             }
         }
     }
@@ -569,12 +604,62 @@ static void run_task(void *arg, size_t task, unsigned thread)
         iris_task(S, &S->tasks[task], thread);
 }
 
+/* int8 search. The score of an int8 gallery row is the normalised f32
+ * probe against the dequantised row, R = dot_f32i8(p, q) * scale (the
+ * same as bm_gallery_verify). Scoring every row that way would forgo the
+ * VNNI int8 x int8 scan, so the scan only generates candidates: it keeps,
+ * per probe, the top K = bm_dense_i8_candidates(k) live rows by the int8 x
+ * int8 score I = (float)dot(qp, q) * (scale_p * scale) (ties: lower id),
+ * and the result is the top k of those K by R with R >= threshold (ties:
+ * lower id). This is the definition the tests' brute force uses too.
+ *
+ * Threshold pruning in the scan must not change that result: it drops
+ * only rows with I < threshold - margin, where margin bounds |R - I|.
+ * R - I = scale * dot(p - scale_p qp, q) up to rounding, so by
+ * Cauchy-Schwarz |R - I| <= |p - scale_p qp|_2 * |scale q|_2 = qerr_p * N
+ * with N = the version's largest scale * |q|_2 (i8_norm_max, ~1 for
+ * enrolled unit vectors); the float rounding of both scores (kernels agree
+ * within 1e-5 of sum |p_i q_i| scale <= N) is covered by 4e-5 * N. A
+ * dropped row therefore has R < threshold, and as the K best rows by I
+ * with I >= x are the K best rows by I cut at x, the candidates that reach
+ * the threshold are the same with or without pruning. */
+static void scan_thresholds(struct search *S, const struct version *v)
+{
+    float n = 0;
+    for (size_t s = 0; s < v->nseg; s++)
+        if (v->segs[s]->i8_norm_max > n)
+            n = v->segs[s]->i8_norm_max;
+    for (size_t p = 0; p < S->nprobes; p++) {
+        float margin = (S->dp.qerr[p] + 4e-5f) * n * 1.001f + 1e-6f;
+        S->scan_thr[p] = S->threshold - margin;
+    }
+}
+
+/* Re-score probe p's 'n' scan candidates exactly and keep the best k. */
+static void rescore_i8(struct search *S, const struct version *v, size_t p,
+                       const struct bm_candidate *cand, size_t n, struct bm_candidate *out)
+{
+    struct bm_topk h;
+    bm_topk_init(&h, out, S->k_best);
+    for (size_t i = 0; i < n && cand[i].id != BM_NO_ID; i++) {
+        /* Candidates are live rows, and a live row is its id's latest. */
+        uint32_t cs, cr;
+        if (!lookup(v, cand[i].id, &cs, &cr))
+            continue;
+        float sc = bm_dense_score_one(S->k, &S->dp, p, v->segs[cs], cr);
+        if (sc >= S->threshold)
+            bm_topk_push(&h, cand[i].id, sc);
+    }
+    bm_topk_finish(&h, out);
+}
+
 static void search_free(struct search *S, unsigned nthreads)
 {
     bm_dense_probes_free(&S->dp);
     bm_iris_probes_free(&S->ip);
     free(S->tasks);
-    if (S->heaps != NULL && S->k_best > 0)
+    free(S->scan_thr);
+    if (S->heaps != NULL && S->k_scan > 0)
         free(S->heaps[0].items);
     free(S->heaps);
     if (S->scratch != NULL)
@@ -628,17 +713,33 @@ int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes, size_
     S.tasks = malloc((ntasks + 1) * sizeof *S.tasks);
     S.heaps = calloc((size_t)nthreads * nprobes, sizeof *S.heaps);
     S.scratch = calloc(nthreads, sizeof *S.scratch);
+    int i8 = g->spec.modality == BM_MODALITY_DENSE && g->spec.dtype == BM_DTYPE_INT8;
+    size_t ks = k;
+    struct bm_candidate *cand = NULL;
+    if (i8 && k > 0) {
+        /* int8: the scan keeps more candidates than asked for; they are
+         * re-scored exactly below (see rescore_i8). */
+        ks = bm_dense_i8_candidates(k, v->live);
+        cand = malloc((ks + 1) * sizeof *cand);
+        S.scan_thr = malloc(nprobes * sizeof *S.scan_thr);
+        if (cand != NULL && S.scan_thr != NULL)
+            scan_thresholds(&S, v);
+    }
+    S.k_scan = ks;
     struct bm_candidate *store = NULL;
-    if (k > 0)
-        store = malloc((size_t)nthreads * nprobes * k * sizeof *store);
+    if (ks > 0)
+        store = malloc((size_t)nthreads * nprobes * ks * sizeof *store);
     rc = BM_OK;
-    if (S.tasks == NULL || S.heaps == NULL || S.scratch == NULL || (k > 0 && store == NULL)) {
+    if (S.tasks == NULL || S.heaps == NULL || S.scratch == NULL || (ks > 0 && store == NULL) ||
+        (i8 && k > 0 && (cand == NULL || S.scan_thr == NULL))) {
         free(store);
+        free(cand);
+        S.k_scan = 0;
         rc = bm_seterr(err, errlen, BM_ENOMEM, "search: out of memory");
         goto done;
     }
     for (size_t i = 0; i < (size_t)nthreads * nprobes; i++)
-        bm_topk_init(&S.heaps[i], store != NULL ? store + i * k : NULL, k);
+        bm_topk_init(&S.heaps[i], store != NULL ? store + i * ks : NULL, ks);
     {
         size_t pb = nprobes < PROBE_BLOCK ? nprobes : PROBE_BLOCK;
         size_t bytes = g->spec.modality == BM_MODALITY_DENSE
@@ -661,7 +762,7 @@ int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes, size_
             S.tasks[t].row1 = (uint32_t)end;
             t++;
         }
-    if (k > 0 && ntasks > 0)
+    if (ks > 0 && ntasks > 0)
         bm_pool_run(g->pool, ntasks, run_task, &S);
 
     /* Merge the per-thread heaps of each probe. */
@@ -671,6 +772,7 @@ int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes, size_
         if (nthreads > 64)
             lists = malloc(nthreads * sizeof *lists);
         if (lists == NULL) {
+            free(cand);
             rc = bm_seterr(err, errlen, BM_ENOMEM, "search: out of memory");
             goto done;
         }
@@ -679,10 +781,16 @@ int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes, size_
             bm_topk_finish(h, h->items);
             lists[th] = h->items;
         }
-        bm_topk_merge(lists, nthreads, k, out + p * k);
+        if (i8) {
+            bm_topk_merge(lists, nthreads, ks, cand);
+            rescore_i8(&S, v, p, cand, ks, out + p * k);
+        } else {
+            bm_topk_merge(lists, nthreads, k, out + p * k);
+        }
         if (lists != lists_small)
             free(lists);
     }
+    free(cand);
     if (comparisons != NULL && k > 0)
         *comparisons = (uint64_t)v->rows * nprobes;
 done:
@@ -700,27 +808,27 @@ int bm_gallery_verify(struct bm_gallery *g, const struct bm_probe *probe, uint64
     if (bm_probe_validate(&g->spec, probe, why, sizeof why) != BM_OK)
         return bm_seterr(err, errlen, BM_EINVAL, "verify: %s", why);
     struct version *v = pin(g);
-    const struct slot *sl = lookup(v, id);
-    if (sl == NULL || is_dead(v, sl->seg, sl->row)) {
+    uint32_t vs, vr;
+    if (!lookup(v, id, &vs, &vr) || is_dead(v, vs, vr)) {
         unpin(v);
         return bm_seterr(err, errlen, BM_ENOTFOUND, "verify: id %llu not in the gallery",
                          (unsigned long long)id);
     }
-    const struct bm_segment *s = v->segs[sl->seg];
+    const struct bm_segment *s = v->segs[vs];
     const struct bm_kernels *k = bm_kernels_get();
     int rc;
     if (g->spec.modality == BM_MODALITY_DENSE) {
         struct bm_dense_probes dp;
         rc = bm_dense_probes_prepare(&g->spec, probe, 1, &dp, err, errlen);
         if (rc == BM_OK) {
-            *score = bm_dense_score_one(k, &dp, 0, s, sl->row);
+            *score = bm_dense_score_one(k, &dp, 0, s, vr);
             bm_dense_probes_free(&dp);
         }
     } else {
         struct bm_iris_probes ip;
         rc = bm_iris_probes_prepare(&g->spec, probe, 1, &ip, err, errlen);
         if (rc == BM_OK) {
-            const uint8_t *row = s->rows + (size_t)sl->row * s->stride;
+            const uint8_t *row = s->rows + (size_t)vr * s->stride;
             *score = bm_iris_score_one(k, &g->spec, &ip, 0, row, row + ip.bytes, NULL);
             bm_iris_probes_free(&ip);
         }

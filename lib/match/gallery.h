@@ -162,7 +162,11 @@ const struct bm_spec *bm_gallery_spec(const struct bm_gallery *g);
  * split across the pool's threads.
  * Thread: any; concurrent searches are fine. Pins the current version for
  * the duration of the call. Returns BM_OK, or BM_EINVAL (invalid probe; out
- * is untouched). 'comparisons' (may be NULL) receives templates scored. */
+ * is untouched). 'comparisons' (may be NULL) receives templates scored.
+ * int8 galleries: a score is the normalised f32 probe against the
+ * dequantised row (scale * q), as bm_gallery_verify reports it; the int8 x
+ * int8 scan keeps max(4k, k + 32) candidates per probe and the k best of
+ * them after exact re-scoring are returned (docs/internals/match.md). */
 int bm_gallery_search(struct bm_gallery *g, const struct bm_probe *probes,
                       size_t nprobes, size_t k, float threshold,
                       struct bm_candidate *out, uint64_t *comparisons,

@@ -23,7 +23,8 @@ struct bm_segment {
     uint8_t *rows;           /* capacity * stride bytes, 64-byte aligned */
     uint64_t *ids;           /* capacity subject ids */
     float *scales;           /* int8: per-row dequantisation scale */
-    int32_t *sums;           /* int8: per-row element sum (VNNI bias fix) */
+    float i8_norm_max;       /* int8: max over rows of scale * |q|_2 (~1; bounds
+                              * the int8 scan's error, see gallery.c) */
     atomic_uint refs;        /* gallery versions holding the segment */
 };
 
@@ -34,12 +35,17 @@ size_t bm_dtype_size(enum bm_dtype t);
 int bm_dense_normalise(const float *v, uint32_t dim, float *out, char *err, size_t errlen);
 /* Symmetric int8 quantisation: q = round(x / scale), scale = max|x| / 127. */
 float bm_dense_quantise(const float *x, uint32_t dim, int8_t *q);
-/* Encode a normalised vector into storage layout; *scale and *sum are set
- * for int8 (scale 1, sum 0 otherwise). */
+/* Encode a normalised vector into storage layout; *scale is set for int8
+ * (1 otherwise). */
 void bm_dense_encode(const struct bm_spec *spec, const float *unit, void *row,
-                     float *scale, int32_t *sum);
-/* Sum of the elements of an int8 row. */
-int32_t bm_dense_sum_i8(const int8_t *q, uint32_t dim);
+                     float *scale);
+/* |q|_2 of an int8 row (one vectorisable pass). */
+double bm_dense_norm_i8(const int8_t *q, uint32_t dim);
+
+/* int8 search: how many candidates the int8 x int8 scan keeps per probe
+ * before they are re-scored exactly (f32 probe x dequantised row):
+ * max(4k, k + 32), at most 'live'. */
+size_t bm_dense_i8_candidates(size_t k, size_t live);
 
 /* A probe batch prepared for one dense gallery: normalised f32 rows, and
  * for int8 galleries the quantised rows with their scales. */
@@ -49,11 +55,15 @@ struct bm_dense_probes {
     float *f32;              /* n * stride */
     int8_t *i8;              /* int8 galleries: n * stride */
     float *scale;            /* int8 galleries: n */
+    float *qerr;             /* int8 galleries: n, |f32 - scale * i8|_2 */
 };
 int bm_dense_probes_prepare(const struct bm_spec *spec, const struct bm_probe *p, size_t n,
                             struct bm_dense_probes *out, char *err, size_t errlen);
 void bm_dense_probes_free(struct bm_dense_probes *dp);
-/* Score probe i against row j of segment s with single-vector kernels. */
+/* Score probe i against row j of segment s with single-vector kernels.
+ * This is the score both search and verify report; for int8 galleries it
+ * is dot_f32i8(normalised f32 probe, q_row) * scale_row (the probe is not
+ * quantised: the int8 x int8 scan only picks the candidates). */
 float bm_dense_score_one(const struct bm_kernels *k, const struct bm_dense_probes *dp,
                          size_t i, const struct bm_segment *s, size_t row);
 

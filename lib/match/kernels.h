@@ -23,6 +23,11 @@ struct bm_kernels {
     float (*dot_f16)(const float *a, const uint16_t *b, size_t n);
     /* exact int32 sum of a[i] * b[i] (n <= 65536 so it cannot overflow) */
     int32_t (*dot_i8)(const int8_t *a, const int8_t *b, size_t n);
+    /* sum a[i] * b[i] with a in f32 and b int8: the exact re-scoring of an
+     * int8 gallery row against the unquantised probe (the caller multiplies
+     * by the row's scale). A float kernel: within 1e-5 of the scalar twin
+     * relative to sum |a[i] b[i]|. */
+    float (*dot_f32i8)(const float *a, const int8_t *b, size_t n);
 
     /* Batched scores, register-blocked like a small GEMM:
      * out[i * ldo + j] = dot(q + i * qstride, g + j * gstride) for i < nq,
@@ -34,11 +39,11 @@ struct bm_kernels {
     void (*batch_f16)(const float *q, size_t qstride, size_t nq,
                       const uint16_t *g, size_t gstride, size_t ng, size_t n,
                       float *out, size_t ldo);
-    /* 'gsum[j]' must be the sum of the elements of gallery row j: the VNNI
-     * kernel multiplies unsigned (q + 128) by signed g and subtracts
-     * 128 * gsum[j]; the result is exact either way. */
+    /* Exact int32 dots. The VNNI kernel multiplies the unsigned biased
+     * gallery bytes (g + 128) by the signed probe and subtracts 128 * sum(q)
+     * once per probe, so no per-row sum of the gallery is needed. */
     void (*batch_i8)(const int8_t *q, size_t qstride, size_t nq,
-                     const int8_t *g, size_t gstride, const int32_t *gsum,
+                     const int8_t *g, size_t gstride,
                      size_t ng, size_t n, int32_t *out, size_t ldo);
 
     /* Iris counts of one gallery template against 'nshift' prepared probe
@@ -59,7 +64,8 @@ struct bm_kernels {
                       size_t nbytes, uint32_t *diff, uint32_t *valid);
 
     /* int8 scores: out[j] = (float)dot[j] * (pscale * gscale[j]), exactly
-     * this expression (so every level gives the same bits as verify).
+     * this expression (so every level gives the same bits: the int8 scan picks
+     * the same candidates everywhere).
      * 'out' may be 'dot' (in place). */
     void (*scale_i8)(const int32_t *dot, const float *gscale, float pscale, size_t n,
                      float *out);

@@ -8,8 +8,9 @@
  * and the 16 accumulators are reduced by one transpose-and-add tree. A lone
  * probe streams the rows sequentially instead (memory is its limit). Iris
  * blocks rows x probe variants the same way.
- * int8 uses VPDPBUSD, which needs one unsigned operand: the probe is biased
- * to q + 128 and 128 * sum(g) is subtracted, which is exact in int32. */
+ * int8 uses VPDPBUSD, which needs one unsigned operand: the gallery bytes
+ * are biased to g + 128 and 128 * sum(q) of the probe is subtracted, which
+ * is exact in int32 and needs no per-row sum. */
 #include "match/kernels.h"
 
 #include <immintrin.h>
@@ -68,6 +69,26 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, size_t n)
         s = _mm512_add_epi32(s, _mm512_madd_epi16(x, y));
     }
     return _mm512_reduce_add_epi32(s);
+}
+
+/* f32 x int8: 16 bytes sign-extended to int32 and converted (exact), then
+ * FMA; two accumulators hide the FMA latency. */
+static float dot_f32i8(const float *a, const int8_t *b, size_t n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 y0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + i))));
+        __m512 y1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + i + 16))));
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), y0, s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), y1, s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = tail16(n - i);
+        __m512 y = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, b + i)));
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), y, s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
 /* ------------------------------------------------- horizontal reductions */
@@ -296,9 +317,27 @@ static void batch_f16(const float *q, size_t qstride, size_t nq, const uint16_t 
 
 #define QMAX 4096  /* longest dimension the biased probe buffer holds */
 
-/* One biased probe (zero past n) against up to 16 consecutive rows. */
-INLINE void stream16_i8(const uint8_t *qu, const int8_t *g, size_t gs, const int32_t *gsum,
-                        size_t nr, size_t n, int32_t *out)
+/* The VNNI formulation: VPDPBUSD multiplies unsigned by signed bytes, so
+ * the gallery bytes are biased, u = g + 128 = g ^ 0x80 (one XOR per
+ * gallery load, shared by every probe of the block), the probe stays
+ * signed, and sum(u * q) = dot(g, q) + 128 * sum(q): the correction is one
+ * constant per probe, so no per-row gallery sum is kept. Exact in int32
+ * (|sum| <= 255 * 128 * 4096 < 2^31). Masked-off gallery lanes load 0 and
+ * bias to 128, but the probe buffer is zero past n, so they add nothing. */
+INLINE __m512i load_gu(__mmask64 m, const int8_t *p)
+{
+    return _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, p), _mm512_set1_epi8((char)0x80));
+}
+
+INLINE __m512i loadu_gu(const int8_t *p)
+{
+    return _mm512_xor_si512(_mm512_loadu_si512((const void *)p), _mm512_set1_epi8((char)0x80));
+}
+
+/* One probe (zero past n; 'qbias' = 128 * its sum) against up to 16
+ * consecutive rows. */
+INLINE void stream16_i8(const int8_t *qs_, int32_t qbias, const int8_t *g, size_t gs, size_t nr,
+                        size_t n, int32_t *out)
 {
     __m512i part[16];
     for (size_t r = 0; r < 16; r++) {
@@ -307,25 +346,24 @@ INLINE void stream16_i8(const uint8_t *qu, const int8_t *g, size_t gs, const int
             const int8_t *row = g + r * gs;
             size_t i = 0;
             for (; i + 128 <= n; i += 128) {
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512((const void *)(qu + i)),
-                                         _mm512_loadu_si512((const void *)(row + i)));
-                a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512((const void *)(qu + i + 64)),
-                                         _mm512_loadu_si512((const void *)(row + i + 64)));
+                a0 = _mm512_dpbusd_epi32(a0, loadu_gu(row + i),
+                                         _mm512_load_si512((const void *)(qs_ + i)));
+                a1 = _mm512_dpbusd_epi32(a1, loadu_gu(row + i + 64),
+                                         _mm512_load_si512((const void *)(qs_ + i + 64)));
             }
             for (; i < n; i += 64)
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512((const void *)(qu + i)),
-                                         _mm512_maskz_loadu_epi8(tail64(n - i), row + i));
+                a0 = _mm512_dpbusd_epi32(a0, load_gu(tail64(n - i), row + i),
+                                         _mm512_load_si512((const void *)(qs_ + i)));
         }
         part[r] = _mm512_add_epi32(a0, a1);
     }
     __mmask16 m = tail16(nr);
-    __m512i s = hsum16_i32(part);
-    s = _mm512_sub_epi32(s, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, gsum), 7));
+    __m512i s = _mm512_sub_epi32(hsum16_i32(part), _mm512_set1_epi32(qbias));
     _mm512_mask_storeu_epi32(out, m, s);
 }
 
-INLINE void mk_i8(const uint8_t *qu, size_t qs, size_t np, const int8_t *g, size_t gs,
-                  const int32_t *gsum, size_t nr, size_t n, int32_t *out, size_t ldo)
+INLINE void mk_i8(const int8_t *qb, size_t qs, const int32_t *qbias, size_t np, const int8_t *g,
+                  size_t gs, size_t nr, size_t n, int32_t *out, size_t ldo)
 {
     __m512i acc[PB * RB];
     for (size_t k = 0; k < PB * RB; k++)
@@ -334,61 +372,67 @@ INLINE void mk_i8(const uint8_t *qu, size_t qs, size_t np, const int8_t *g, size
         __mmask64 m = tail64(n - i);
         __m512i gv[RB];
         for (size_t r = 0; r < RB; r++)
-            gv[r] = r < nr ? _mm512_maskz_loadu_epi8(m, g + r * gs + i) : _mm512_setzero_si512();
+            gv[r] = r < nr ? load_gu(m, g + r * gs + i) : _mm512_setzero_si512();
         for (size_t p = 0; p < PB; p++) {
             if (p >= np)
                 break;
-            /* The biased buffer is zero past n, so no mask is needed. */
-            __m512i qv = _mm512_load_si512((const void *)(qu + p * qs + i));
+            /* The probe buffer is zero past n, so no mask is needed. */
+            __m512i qv = _mm512_load_si512((const void *)(qb + p * qs + i));
             for (size_t r = 0; r < RB; r++)
-                acc[p * RB + r] = _mm512_dpbusd_epi32(acc[p * RB + r], qv, gv[r]);
+                acc[p * RB + r] = _mm512_dpbusd_epi32(acc[p * RB + r], gv[r], qv);
         }
     }
-    /* Every probe's lanes need the same 128 * gsum[r] correction. */
-    __m512i bias = _mm512_broadcast_i32x4(
-        _mm_maskz_loadu_epi32((__mmask8)((1u << nr) - 1), gsum));
-    store4x4_i32(out, ldo, np, nr, _mm512_sub_epi32(hsum16_i32(acc), _mm512_slli_epi32(bias, 7)));
+    /* Lane 4p + r needs probe p's correction. */
+    __m512i bias = _mm512_setr_epi32(qbias[0], qbias[0], qbias[0], qbias[0],
+                                     qbias[1], qbias[1], qbias[1], qbias[1],
+                                     qbias[2], qbias[2], qbias[2], qbias[2],
+                                     qbias[3], qbias[3], qbias[3], qbias[3]);
+    store4x4_i32(out, ldo, np, nr, _mm512_sub_epi32(hsum16_i32(acc), bias));
 }
 
 static void batch_i8(const int8_t *q, size_t qstride, size_t nq, const int8_t *g,
-                     size_t gstride, const int32_t *gsum, size_t ng, size_t n,
-                     int32_t *out, size_t ldo)
+                     size_t gstride, size_t ng, size_t n, int32_t *out, size_t ldo)
 {
     if (n > QMAX) {
-        bm_kernels_scalar.batch_i8(q, qstride, nq, g, gstride, gsum, ng, n, out, ldo);
+        bm_kernels_scalar.batch_i8(q, qstride, nq, g, gstride, ng, n, out, ldo);
         return;
     }
     size_t qs = (n + 63) & ~(size_t)63;
-    _Alignas(64) uint8_t qu[PB * QMAX];
+    _Alignas(64) int8_t qb[PB * QMAX];
+    int32_t qbias[PB];
     for (size_t i = 0; i < nq; i += PB) {
         size_t np = nq - i < PB ? nq - i : PB;
-        /* Bias this block of probes once: u = q + 128 = q ^ 0x80, zeros
-         * past n so the masked gallery tail multiplies to nothing. */
-        for (size_t p = 0; p < np; p++) {
-            uint8_t *dst = qu + p * qs;
+        /* Copy this block of probes once, aligned and zero past n, and
+         * take 128 * sum(q) of each (VPDPBUSD of 0x01 bytes by q). */
+        for (size_t p = 0; p < PB; p++) {
+            qbias[p] = 0;
+            if (p >= np)
+                continue;
+            int8_t *dst = qb + p * qs;
             const int8_t *src = q + (i + p) * qstride;
+            __m512i sum = _mm512_setzero_si512();
             for (size_t k = 0; k < qs; k += 64) {
-                __mmask64 m = tail64(n > k ? n - k : 0);
-                __m512i v = _mm512_maskz_loadu_epi8(m, src + k);
-                v = _mm512_maskz_mov_epi8(m, _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)));
+                __m512i v = _mm512_maskz_loadu_epi8(tail64(n > k ? n - k : 0), src + k);
+                sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
                 _mm512_store_si512((void *)(dst + k), v);
             }
+            qbias[p] = _mm512_reduce_add_epi32(sum) * 128;
         }
         int32_t *oi = out + i * ldo;
         size_t j = 0;
         if (np == 1) {
             for (; j + 16 <= ng; j += 16)
-                stream16_i8(qu, g + j * gstride, gstride, gsum + j, 16, n, oi + j);
+                stream16_i8(qb, qbias[0], g + j * gstride, gstride, 16, n, oi + j);
             if (j < ng)
-                stream16_i8(qu, g + j * gstride, gstride, gsum + j, ng - j, n, oi + j);
+                stream16_i8(qb, qbias[0], g + j * gstride, gstride, ng - j, n, oi + j);
             continue;
         }
         if (np == PB)
             for (; j + RB <= ng; j += RB)
-                mk_i8(qu, qs, PB, g + j * gstride, gstride, gsum + j, RB, n, oi + j, ldo);
+                mk_i8(qb, qs, qbias, PB, g + j * gstride, gstride, RB, n, oi + j, ldo);
         for (; j < ng; j += RB) {
             size_t nr = ng - j < RB ? ng - j : RB;
-            mk_i8(qu, qs, np, g + j * gstride, gstride, gsum + j, nr, n, oi + j, ldo);
+            mk_i8(qb, qs, qbias, np, g + j * gstride, gstride, nr, n, oi + j, ldo);
         }
     }
 }
@@ -550,6 +594,7 @@ const struct bm_kernels bm_kernels_avx512 = {
     .dot_f32 = dot_f32,
     .dot_f16 = dot_f16,
     .dot_i8 = dot_i8,
+    .dot_f32i8 = dot_f32i8,
     .batch_f32 = batch_f32,
     .batch_f16 = batch_f16,
     .batch_i8 = batch_i8,

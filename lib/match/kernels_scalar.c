@@ -28,6 +28,16 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, size_t n)
     return s;
 }
 
+/* The int8 rescoring dot: the definition of an int8 gallery's score is
+ * dot_f32i8(unit probe, q_row) * scale_row (see gallery.c, "int8 search"). */
+static float dot_f32i8(const float *a, const int8_t *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * (double)b[i];
+    return (float)s;
+}
+
 static void batch_f32(const float *q, size_t qstride, size_t nq, const float *g,
                       size_t gstride, size_t ng, size_t n, float *out, size_t ldo)
 {
@@ -45,10 +55,9 @@ static void batch_f16(const float *q, size_t qstride, size_t nq, const uint16_t 
 }
 
 static void batch_i8(const int8_t *q, size_t qstride, size_t nq, const int8_t *g,
-                     size_t gstride, const int32_t *gsum, size_t ng, size_t n,
+                     size_t gstride, size_t ng, size_t n,
                      int32_t *out, size_t ldo)
 {
-    (void)gsum; /* only the biased VNNI formulation needs it */
     for (size_t i = 0; i < nq; i++)
         for (size_t j = 0; j < ng; j++)
             out[i * ldo + j] = dot_i8(q + i * qstride, g + j * gstride, n);
@@ -102,6 +111,7 @@ const struct bm_kernels bm_kernels_scalar = {
     .dot_f32 = dot_f32,
     .dot_f16 = dot_f16,
     .dot_i8 = dot_i8,
+    .dot_f32i8 = dot_f32i8,
     .batch_f32 = batch_f32,
     .batch_f16 = batch_f16,
     .batch_i8 = batch_i8,

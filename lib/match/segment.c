@@ -2,7 +2,9 @@
  * layout (see docs/internals/match.md for the byte layout).
  *
  * Invariant: rows [0, count) are filled; rows are 64-byte aligned and
- * zero-padded to 'stride', and for int8 'scales'/'sums' describe each row.
+ * zero-padded to 'stride' (rows past count are uninitialised and never
+ * read), and for int8 'scales' describe each row and i8_norm_max
+ * bounds scale * |q|_2 over them.
  * Once handed to a gallery a segment is never written again; its lifetime
  * is the longest-lived gallery version holding it (refs). */
 #include <math.h>
@@ -139,14 +141,17 @@ struct bm_segment *bm_segment_new(const struct bm_spec *spec, uint64_t segment_i
     s->tbytes = bm_spec_template_bytes(spec);
     s->stride = (s->tbytes + 63) & ~(size_t)63;
     atomic_init(&s->refs, 0);
-    s->rows = bm_alloc64(capacity * s->stride);
+    /* Not zeroed: every add writes its whole row (template, then zero
+     * padding), and rows past 'count' are never read, so a large segment
+     * only becomes resident as it fills. capacity * stride is a nonzero
+     * multiple of 64, as aligned_alloc wants. */
+    s->rows = aligned_alloc(64, capacity * s->stride);
     s->ids = malloc(capacity * sizeof *s->ids);
     if (s->rows == NULL || s->ids == NULL)
         goto oom;
     if (spec->modality == BM_MODALITY_DENSE && spec->dtype == BM_DTYPE_INT8) {
         s->scales = malloc(capacity * sizeof *s->scales);
-        s->sums = malloc(capacity * sizeof *s->sums);
-        if (s->scales == NULL || s->sums == NULL)
+        if (s->scales == NULL)
             goto oom;
     }
     return s;
@@ -166,6 +171,23 @@ static int room(struct bm_segment *s, uint64_t id, char *err, size_t errlen)
     return BM_OK;
 }
 
+/* Zero the bytes between the template and the next row (the layout's
+ * padding); the template bytes themselves are written by the caller. */
+static void pad_row(struct bm_segment *s, uint8_t *row)
+{
+    if (s->stride > s->tbytes)
+        memset(row + s->tbytes, 0, s->stride - s->tbytes);
+}
+
+/* The segment's bound on scale * |q|_2, which the int8 scan's threshold
+ * margin uses (gallery.c, scan_thresholds); rounded up slightly. */
+static void note_i8_row(struct bm_segment *s, const int8_t *q, float scale)
+{
+    float norm = (float)((double)scale * bm_dense_norm_i8(q, s->spec.dim) * (1.0 + 1e-6));
+    if (norm > s->i8_norm_max)
+        s->i8_norm_max = norm;
+}
+
 int bm_segment_add_dense(struct bm_segment *s, uint64_t id, const float *vec, char *err,
                          size_t errlen)
 {
@@ -180,11 +202,12 @@ int bm_segment_add_dense(struct bm_segment *s, uint64_t id, const float *vec, ch
     rc = bm_dense_normalise(vec, s->spec.dim, unit, err, errlen);
     if (rc == BM_OK) {
         float scale;
-        int32_t sum;
-        bm_dense_encode(&s->spec, unit, s->rows + s->count * s->stride, &scale, &sum);
+        uint8_t *row = s->rows + s->count * s->stride;
+        bm_dense_encode(&s->spec, unit, row, &scale);
+        pad_row(s, row);
         if (s->scales != NULL) {
             s->scales[s->count] = scale;
-            s->sums[s->count] = sum;
+            note_i8_row(s, (const int8_t *)row, scale);
         }
         s->ids[s->count++] = id;
     }
@@ -204,6 +227,7 @@ int bm_segment_add_iris(struct bm_segment *s, uint64_t id, const uint8_t *code,
     uint8_t *row = s->rows + s->count * s->stride;
     memcpy(row, code, nb);
     memcpy(row + nb, mask, nb);
+    pad_row(s, row);
     s->ids[s->count++] = id;
     return BM_OK;
 }
@@ -235,9 +259,10 @@ int bm_segment_add_packed(struct bm_segment *s, uint64_t id, const void *packed,
     }
     uint8_t *row = s->rows + s->count * s->stride;
     memcpy(row, packed, s->tbytes);
+    pad_row(s, row);
     if (s->scales != NULL) {
         s->scales[s->count] = scale;
-        s->sums[s->count] = bm_dense_sum_i8((const int8_t *)row, s->spec.dim);
+        note_i8_row(s, (const int8_t *)row, scale);
     }
     s->ids[s->count++] = id;
     return BM_OK;
@@ -261,7 +286,7 @@ size_t bm_segment_memory(const struct bm_segment *s)
 {
     size_t m = sizeof *s + s->capacity * (s->stride + sizeof *s->ids);
     if (s->scales != NULL)
-        m += s->capacity * (sizeof *s->scales + sizeof *s->sums);
+        m += s->capacity * sizeof *s->scales;
     return m;
 }
 
@@ -272,7 +297,6 @@ void bm_segment_free(struct bm_segment *s)
     free(s->rows);
     free(s->ids);
     free(s->scales);
-    free(s->sums);
     free(s);
 }
 

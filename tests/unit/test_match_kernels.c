@@ -125,6 +125,12 @@ static void run_dots(const struct bm_kernels *k)
                 for (size_t i = 0; i < n; i++)
                     hb[i] = bm_f16_to_f32(fh[i]);
                 check_close(k->dot_f16(fa, fh, n), want, abs_dot(fa, hb, n));
+                free(b2);
+                /* f32 x int8 (the int8 rescoring dot): int8 row at any byte offset. */
+                const int8_t *qy = place(qb, n, (off * 5 + 1) % 64, &b2);
+                for (size_t i = 0; i < n; i++)
+                    hb[i] = (float)qy[i];
+                check_close(k->dot_f32i8(fa, qy, n), ref->dot_f32i8(fa, qy, n), abs_dot(fa, hb, n));
                 free(b1);
                 free(b2);
             }
@@ -153,7 +159,6 @@ static void run_batches(const struct bm_kernels *k)
                 float *q = malloc(nq * qs * 4), *g = malloc(ng * gs * 4);
                 uint16_t *gh = malloc(ng * gs * 2);
                 int8_t *qi = malloc(nq * qs), *gi = malloc(ng * gs);
-                int32_t *gsum = malloc(ng * 4);
                 float *o1 = malloc(nq * ng * 4), *o2 = malloc(nq * ng * 4);
                 int32_t *i1 = malloc(nq * ng * 4), *i2 = malloc(nq * ng * 4);
                 fill_f32(q, nq * qs, RANDOM);
@@ -162,11 +167,6 @@ static void run_batches(const struct bm_kernels *k)
                 fill_i8(gi, ng * gs, (n & 2) ? INT8_MIXED_EXTREME : RANDOM);
                 for (size_t i = 0; i < ng * gs; i++)
                     gh[i] = bm_f32_to_f16(g[i]);
-                for (size_t j = 0; j < ng; j++) {
-                    gsum[j] = 0;
-                    for (size_t i = 0; i < n; i++)
-                        gsum[j] += gi[j * gs + i];
-                }
                 ref->batch_f32(q, qs, nq, g, gs, ng, n, o1, ng);
                 k->batch_f32(q, qs, nq, g, gs, ng, n, o2, ng);
                 for (size_t i = 0; i < nq * ng; i++)
@@ -175,10 +175,10 @@ static void run_batches(const struct bm_kernels *k)
                 k->batch_f16(q, qs, nq, gh, gs, ng, n, o2, ng);
                 for (size_t i = 0; i < nq * ng; i++)
                     check_close(o2[i], o1[i], 2 * abs_dot(q + (i / ng) * qs, g + (i % ng) * gs, n));
-                ref->batch_i8(qi, qs, nq, gi, gs, gsum, ng, n, i1, ng);
-                k->batch_i8(qi, qs, nq, gi, gs, gsum, ng, n, i2, ng);
+                ref->batch_i8(qi, qs, nq, gi, gs, ng, n, i1, ng);
+                k->batch_i8(qi, qs, nq, gi, gs, ng, n, i2, ng);
                 assert_memory_equal(i1, i2, nq * ng * 4);
-                free(q); free(g); free(gh); free(qi); free(gi); free(gsum);
+                free(q); free(g); free(gh); free(qi); free(gi);
                 free(o1); free(o2); free(i1); free(i2);
             }
     }
