@@ -426,39 +426,16 @@ static Biomatch__V1__ElementType element_of(enum bm_dtype t)
 
 /* ------------------------------------------------------------ policy */
 
-/* Authorise a request that passed validation (docs/wire.md "Signatures"):
- * ERROR_CODE_NONE, or UNAUTHORIZED / BAD_SIGNATURE with the reason in why.
- * The signature covers the record value exactly as received; more than one
- * signature header is refused. */
+/* Authorise a request that passed validation: bm_coord_authorise with the
+ * enroll or delete operation. */
 static Biomatch__V1__ErrorCode authorise(const struct enroll *e, const struct bm_bus_msg *m,
                                          const Biomatch__V1__EnrollRequest *req, char *why,
                                          size_t whylen)
 {
-    if (e->policy == NULL)
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
-    const struct bm_bus_header *sig = NULL;
-    size_t nsig = 0;
-    for (size_t i = 0; i < m->nheaders; i++)
-        if (strcmp(m->headers[i].name, BM_POLICY_SIG_HEADER) == 0) {
-            sig = &m->headers[i];
-            nsig++;
-        }
     enum bm_policy_op op = req->op == BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE
                                ? BM_POLICY_OP_DELETE
                                : BM_POLICY_OP_ENROLL;
-    enum bm_policy_verdict v;
-    if (nsig > 1) {
-        v = BM_POLICY_BAD_SIGNATURE;
-        snprintf(why, whylen, "more than one %s header", BM_POLICY_SIG_HEADER);
-    } else {
-        const char *sv = sig ? (sig->value ? (const char *)sig->value : "") : NULL;
-        v = bm_policy_check(e->policy, req->agency, req->gallery, op, m->value, m->valuelen, sv,
-                            sig ? sig->len : 0, why, whylen);
-    }
-    if (v == BM_POLICY_ALLOW)
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
-    return v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
-                                        : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
+    return bm_coord_authorise(e->policy, m, req->agency, req->gallery, op, why, whylen);
 }
 
 /* ------------------------------------------------------------ one message */

@@ -315,42 +315,21 @@ static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
 
 /* ---------------------------------------------------------------- policy */
 
-/* Authorise a job that passed validation (docs/wire.md "Signatures"):
- * UNAUTHORIZED or BAD_SIGNATURE in *code with the reason in err, else BM_OK.
- * The signature covers the record value exactly as received, framing
- * included. More than one signature header is refused: which one counts
- * would otherwise depend on the reader. */
+/* Authorise a job that passed validation (bm_coord_authorise with the
+ * identify or verify operation): UNAUTHORIZED or BAD_SIGNATURE in *code with
+ * the reason in err, else BM_OK. */
 static int authorise(const struct bm_intake *in, const struct bm_bus_msg *m,
                      const Biomatch__V1__MatchJob *job, Biomatch__V1__ErrorCode *code,
                      char *err, size_t errlen)
 {
-    if (in->policy == NULL)
-        return BM_OK;
-    const struct bm_bus_header *sig = NULL;
-    size_t nsig = 0;
-    for (size_t i = 0; i < m->nheaders; i++)
-        if (strcmp(m->headers[i].name, BM_POLICY_SIG_HEADER) == 0) {
-            sig = &m->headers[i];
-            nsig++;
-        }
     enum bm_policy_op op = job->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY
                                ? BM_POLICY_OP_VERIFY
                                : BM_POLICY_OP_IDENTIFY;
-    enum bm_policy_verdict v;
-    if (nsig > 1) {
-        v = BM_POLICY_BAD_SIGNATURE;
-        snprintf(err, errlen, "more than one %s header", BM_POLICY_SIG_HEADER);
-    } else {
-        /* A header with a null value is present but empty: it must fail,
-         * not count as "unsigned". */
-        const char *sv = sig ? (sig->value ? (const char *)sig->value : "") : NULL;
-        v = bm_policy_check(in->policy, job->agency, job->gallery, op, m->value, m->valuelen, sv,
-                            sig ? sig->len : 0, err, errlen);
-    }
-    if (v == BM_POLICY_ALLOW)
+    Biomatch__V1__ErrorCode c =
+        bm_coord_authorise(in->policy, m, job->agency, job->gallery, op, err, errlen);
+    if (c == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE)
         return BM_OK;
-    *code = v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
-                                         : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
+    *code = c;
     return BM_EINVAL;
 }
 

@@ -5,7 +5,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "role.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "conf/conf.h"
@@ -58,4 +60,35 @@ long long bm_coord_wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
+                                           const struct bm_bus_msg *m, const char *agency,
+                                           const char *gallery, enum bm_policy_op op,
+                                           char *why, size_t whylen)
+{
+    if (policy == NULL)
+        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    const struct bm_bus_header *sig = NULL;
+    size_t nsig = 0;
+    for (size_t i = 0; i < m->nheaders; i++)
+        if (strcmp(m->headers[i].name, BM_POLICY_SIG_HEADER) == 0) {
+            sig = &m->headers[i];
+            nsig++;
+        }
+    enum bm_policy_verdict v;
+    if (nsig > 1) {
+        v = BM_POLICY_BAD_SIGNATURE;
+        snprintf(why, whylen, "more than one %s header", BM_POLICY_SIG_HEADER);
+    } else {
+        /* A header with a null value is present but empty: it must fail,
+         * not count as "unsigned". */
+        const char *sv = sig ? (sig->value ? (const char *)sig->value : "") : NULL;
+        v = bm_policy_check(policy, agency, gallery, op, m->value, m->valuelen, sv,
+                            sig ? sig->len : 0, why, whylen);
+    }
+    if (v == BM_POLICY_ALLOW)
+        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    return v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
+                                        : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
 }

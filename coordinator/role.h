@@ -18,8 +18,10 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "biomatch.pb-c.h"
 #include "bus/bus.h"
 #include "common/err.h"
+#include "conf/policy.h"
 
 struct bm_conf;
 struct bm_metrics;
@@ -61,6 +63,17 @@ int bm_coord_stopping(const struct bm_coord_ctx *ctx);
 
 /* Monotonic and wall-clock milliseconds. */
 long long bm_coord_mono_ms(void);
+
+/* Authorise a record that passed validation under 'policy' (NULL: allow
+ * all; docs/wire.md "Signatures"): may 'agency' do 'op' on 'gallery', and
+ * does the record carry a valid signature of that agency over its value
+ * bytes exactly as received? More than one signature header is refused:
+ * which one counts would otherwise depend on the reader. Returns
+ * ERROR_CODE_NONE, or UNAUTHORIZED / BAD_SIGNATURE with the reason in 'why'. */
+Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
+                                           const struct bm_bus_msg *m, const char *agency,
+                                           const char *gallery, enum bm_policy_op op,
+                                           char *why, size_t whylen);
 long long bm_coord_wall_ms(void);
 
 #endif /* BM_COORD_ROLE_H */
