@@ -13,6 +13,7 @@
 #include "conf/conf.h"
 
 #include "common/err.h"
+#include "common/file.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -688,25 +689,10 @@ struct bm_conf *bm_conf_load(const char *path, char *err, size_t errlen)
 {
     if (path == NULL)
         return bm_conf_parse(NULL, 0, NULL, (const char *const *)environ, err, errlen);
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        bm_seterr(err, errlen, BM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    char *text;
+    size_t n;
+    if (bm_file_read(path, MAX_FILE_BYTES, &text, &n, err, errlen) != BM_OK)
         return NULL;
-    }
-    char *text = malloc(MAX_FILE_BYTES + 1);
-    size_t n = text != NULL ? fread(text, 1, MAX_FILE_BYTES + 1, f) : 0;
-    bool bad = ferror(f) != 0;
-    fclose(f);
-    if (text == NULL) {
-        bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
-        return NULL;
-    }
-    if (bad || n > MAX_FILE_BYTES) {
-        free(text);
-        bm_seterr(err, errlen, bad ? BM_EIO : BM_ERANGE, "%s: %s", path,
-                  bad ? "read error" : "larger than 1 MiB");
-        return NULL;
-    }
     struct bm_conf *c = bm_conf_parse(text, n, path, (const char *const *)environ, err, errlen);
     free(text);
     return c;

@@ -13,6 +13,7 @@
 #include "conf/policy.h"
 
 #include "common/err.h"
+#include "common/file.h"
 
 #include <errno.h>
 #include <openssl/bio.h>
@@ -481,25 +482,10 @@ struct bm_policy *bm_policy_parse(const char *yaml, size_t len, const char *name
 
 struct bm_policy *bm_policy_load(const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        bm_seterr(err, errlen, BM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    char *text;
+    size_t n;
+    if (bm_file_read(path, MAX_FILE_BYTES, &text, &n, err, errlen) != BM_OK)
         return NULL;
-    }
-    char *text = malloc(MAX_FILE_BYTES + 1);
-    size_t n = text != NULL ? fread(text, 1, MAX_FILE_BYTES + 1, f) : 0;
-    bool bad = ferror(f) != 0;
-    fclose(f);
-    if (text == NULL) {
-        bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
-        return NULL;
-    }
-    if (bad || n > MAX_FILE_BYTES) {
-        free(text);
-        bm_seterr(err, errlen, bad ? BM_EIO : BM_ERANGE, "%s: %s", path,
-                  bad ? "read error" : "larger than 1 MiB");
-        return NULL;
-    }
     struct bm_policy *p = bm_policy_parse(text, n, path, err, errlen);
     free(text);
     return p;
