@@ -17,9 +17,10 @@
  * (realloc) and two copies of every blob. The gate has already applied the
  * size limits to that header, so the limits hold on both paths. A header
  * split across two transport reads takes the hiredis path (correct, only
- * slower). Unlike hiredis 0.14, the direct path also checks the CRLF after
- * the payload. bm_redis_reply_recycle() lets a pipelined run of big GETs
- * reuse one such buffer (pages already mapped) while replies are owed.
+ * slower). Unlike hiredis 0.14, both paths check the CRLF after the
+ * payload (the gate does it for bulks that hiredis parses).
+ * bm_redis_reply_recycle() lets a pipelined run of big GETs reuse one such
+ * buffer (pages already mapped) while replies are owed.
  *
  * Main invariant: either the connection is healthy (tr != NULL, reader and
  * gate in step with the byte stream, 'pending' replies owed) or it is broken
@@ -246,13 +247,24 @@ static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *o
             break;
         }
         case G_BULK: {
+            if (g->skip <= 2) {
+                /* hiredis 0.14 never looks at the CRLF after a payload; we
+                 * do, so both paths refuse the same streams. */
+                if (buf[i] != (g->skip == 2 ? '\r' : '\n')) {
+                    rc = bm_seterr(msg, msglen, BM_EPROTO,
+                                   "bulk string not followed by CRLF");
+                    break;
+                }
+                i++;
+                if (--g->skip == 0)
+                    gate_elem_done(g);
+                break;
+            }
             size_t n = len - i;
-            if (n > g->skip)
-                n = (size_t)g->skip;
+            if (n > g->skip - 2)
+                n = (size_t)(g->skip - 2);
             i += n;
             g->skip -= n;
-            if (g->skip == 0)
-                gate_elem_done(g);
             break;
         }
         }
