@@ -9,6 +9,9 @@
  *           newer row or deleted), which drive compaction
  *   tombs   subjects whose latest change is a delete while some segment
  *           still holds a row of theirs (the manifest's tombstones)
+ *   names   subject key -> subject id of every indexed subject, so a
+ *           change whose key is another id's (an FNV-1a collision) is
+ *           refused instead of replacing or deleting that subject
  *   buf     changes at offsets >= man->log_offset, one per subject
  * Invariant: outside a call, index/segs/tombs describe exactly 'man'. A
  * call that changed them and then failed to publish marks the shard
@@ -188,13 +191,14 @@ struct bm_gshard {
     struct segstat *segs;
     size_t nsegs, capsegs;
     struct tombset tombs;
+    struct tombset names;      /* key -> subject id of every indexed subject */
     struct sbuf buf;
     int stale;                 /* state may differ from 'man': reload first */
     long long last_publish_ms;
     long long last_check_ms;
     uint8_t *row;              /* scratch row of tbytes */
     struct bm_gauge *g_version, *g_subjects, *g_segments, *g_tombstones;
-    struct bm_counter *c_sealed, *c_rebuilds, *c_compactions, *c_skipped;
+    struct bm_counter *c_sealed, *c_rebuilds, *c_compactions, *c_skipped, *c_collisions;
     struct bm_histogram *h_seal;
 };
 
@@ -260,6 +264,29 @@ static void state_reset(struct bm_gshard *sh)
     bm_keymap_clear(sh->index);
     sh->nsegs = 0;
     tomb_clear(&sh->tombs);
+    tomb_clear(&sh->names);
+}
+
+/* The subject id indexed under 'key' (its length in *len), or NULL. */
+static const char *name_get(const struct bm_gshard *sh, uint64_t key, size_t *len)
+{
+    uint64_t slot;
+    if (!bm_keymap_get(sh->names.idx, key, &slot))
+        return NULL;
+    *len = strlen(sh->names.s[slot]);
+    return sh->names.s[slot];
+}
+
+/* Record 'id' as the subject indexed under 'key' (replacing a deleted
+ * subject's id, the only way a key changes hands). */
+static int name_set(struct bm_gshard *sh, uint64_t key, const char *id, size_t len)
+{
+    size_t have = 0;
+    const char *cur = name_get(sh, key, &have);
+    if (cur != NULL && have == len && memcmp(cur, id, len) == 0)
+        return BM_OK;
+    tomb_del(&sh->names, key);
+    return tomb_add(&sh->names, key, id, len);
 }
 
 static void update_gauges(struct bm_gshard *sh)
@@ -270,8 +297,10 @@ static void update_gauges(struct bm_gshard *sh)
     bm_gauge_set(sh->g_tombstones, (double)sh->man->ntombstones);
 }
 
-/* Make the key (subject's row) in segment 'id' the live row of 'key'. */
-static void index_upsert(struct bm_gshard *sh, uint64_t key, uint64_t id)
+/* Make subject 'sid' ('len' bytes)'s row in segment 'id' the live row of
+ * 'key'. BM_OK or BM_ENOMEM. */
+static int index_upsert(struct bm_gshard *sh, uint64_t key, uint64_t id, const char *sid,
+                        size_t len)
 {
     uint64_t old;
     if (bm_keymap_get(sh->index, key, &old)) {
@@ -279,8 +308,10 @@ static void index_upsert(struct bm_gshard *sh, uint64_t key, uint64_t id)
         if (s != NULL)
             s->dead++;
     }
-    bm_keymap_put(sh->index, key, id);
+    if (bm_keymap_put(sh->index, key, id) != BM_OK)
+        return BM_ENOMEM;
     tomb_del(&sh->tombs, key);
+    return name_set(sh, key, sid, len);
 }
 
 static int index_delete(struct bm_gshard *sh, uint64_t key, const char *id, size_t len)
@@ -292,16 +323,19 @@ static int index_delete(struct bm_gshard *sh, uint64_t key, const char *id, size
     if (s != NULL)
         s->dead++;
     bm_keymap_del(sh->index, key);
+    tomb_del(&sh->names, key);
     return tomb_add(&sh->tombs, key, id, len);
 }
 
 /* ------------------------------------------------------------ records */
 
+static int buffer_keyed(struct bm_gshard *sh, struct sbuf *b, int64_t offset, uint64_t k,
+                        const char *key, size_t keylen, const void *value, size_t valuelen);
+
 /* Parse one log record into buffer 'b'. */
 static int buffer_record(struct bm_gshard *sh, struct sbuf *b, int64_t offset,
                          const void *key, size_t keylen, const void *value, size_t valuelen)
 {
-    char err[256];
     if (key == NULL || keylen < 1 || keylen > BM_SUBJECT_ID_MAX) {
         bm_counter_inc(sh->c_skipped);
         BM_LOGF(BM_LOG_WARN, "gallery record without a valid key skipped",
@@ -309,13 +343,54 @@ static int buffer_record(struct bm_gshard *sh, struct sbuf *b, int64_t offset,
                 BM_LF_INT("offset", offset));
         return BM_OK;
     }
-    uint64_t k = bm_subjects_key(key, keylen);
+    return buffer_keyed(sh, b, offset, bm_subjects_key(key, keylen), key, keylen, value,
+                        valuelen);
+}
+
+/* 1 when subject 'id' may not take 'key' because another subject holds
+ * it (an FNV-1a collision): a buffered upsert or delete of another id, or
+ * (for the shard's own buffer, whose base is the index) another id's live
+ * sealed row. An upsert may take over a key whose buffered change is
+ * another id's delete: that subject is gone by then. */
+static int collides(const struct bm_gshard *sh, const struct sbuf *b, uint64_t k,
+                    const char *id, size_t len, int del)
+{
+    uint64_t slot;
+    if (bm_keymap_get(b->idx, k, &slot)) {
+        const struct bent *e = &b->e[slot];
+        if (e->idlen == len && memcmp(e->id, id, len) == 0)
+            return 0;
+        return del || !e->del;
+    }
+    size_t have = 0;
+    const char *cur = b == &sh->buf && bm_keymap_get(sh->index, k, NULL)
+                          ? name_get(sh, k, &have)
+                          : NULL;
+    return cur != NULL && (have != len || memcmp(cur, id, len) != 0);
+}
+
+/* buffer_record with the key given (tests forge it, see
+ * bm_gshard_add_keyed). */
+static int buffer_keyed(struct bm_gshard *sh, struct sbuf *b, int64_t offset, uint64_t k,
+                        const char *key, size_t keylen, const void *value, size_t valuelen)
+{
+    char err[256];
     uint64_t slot;
     int have = bm_keymap_get(b->idx, k, &slot);
     if (have && b->e[slot].offset >= offset)
         return BM_OK; /* read twice (resync and group consumer): keep the newer */
-    float scale = 1.0f;
     int del = value == NULL;
+    if (collides(sh, b, k, key, keylen, del)) {
+        /* Refused: applying it would replace or delete another subject.
+         * The id stays out of the record (info-level logs carry no
+         * subject ids); the offset finds it in the log. */
+        bm_counter_inc(sh->c_collisions);
+        BM_LOGF(BM_LOG_WARN, "gallery record skipped: subject key collision",
+                BM_LF_STR("gallery", sh->gallery), BM_LF_INT("shard", sh->shard),
+                BM_LF_INT("offset", offset));
+        return BM_OK;
+    }
+    float scale = 1.0f;
     if (!del) {
         Biomatch__V1__GalleryChange *ch = bm_wire_decode_gallery_change(
             value, valuelen, BM_WIRE_DEFAULT_MAX_BYTES, err, sizeof err);
@@ -379,6 +454,14 @@ int bm_gshard_add(struct bm_gshard *sh, int64_t offset, const void *key, size_t 
     return buffer_record(sh, &sh->buf, offset, key, keylen, value, valuelen);
 }
 
+int bm_gshard_add_keyed(struct bm_gshard *sh, int64_t offset, uint64_t subject_key,
+                        const char *id, size_t idlen, const void *value, size_t valuelen)
+{
+    if (offset < sh->man->log_offset || id == NULL || idlen < 1 || idlen > BM_SUBJECT_ID_MAX)
+        return BM_OK;
+    return buffer_keyed(sh, &sh->buf, offset, subject_key, id, idlen, value, valuelen);
+}
+
 /* ------------------------------------------------------------ publication */
 
 /* One output segment being assembled. */
@@ -392,8 +475,85 @@ struct outseg {
     float *scales;
 };
 
-/* Encode 'o' and SET it. On BM_OK 'ref' describes the stored blob. */
-static int write_segment(struct bm_gshard *sh, const struct outseg *o, struct bm_segref *ref,
+/* Segment blob write: mode "nx" sets KEYS[1] only when it is absent;
+ * mode "if" sets it only while the manifest KEYS[2] still holds exactly
+ * the bytes ARGV[3] ("" = no manifest). 1 = written, 0 = refused. */
+static const char seg_set_lua[] =
+    "if ARGV[2] == 'nx' then\n"
+    "  if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end\n"
+    "  return 0\n"
+    "end\n"
+    "local cur = redis.call('GET', KEYS[2]) or ''\n"
+    "if cur ~= ARGV[3] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[1])\n"
+    "return 1\n";
+
+static int seg_set(struct bm_gshard *sh, const char *k, const void *blob, size_t len,
+                   const char *mode, const void *man, size_t manlen, int *written)
+{
+    const char *argv[5] = {k, sh->mkey, blob, mode, man != NULL ? man : ""};
+    size_t lens[5] = {strlen(k), strlen(sh->mkey), len, strlen(mode), manlen};
+    struct bm_redis_reply *r = NULL;
+    int rc = bm_redis_eval(sh->env.redis, seg_set_lua, 2, 5, argv, lens, &r);
+    if (rc == BM_OK && r->type != BM_REDIS_INTEGER)
+        rc = BM_EPROTO;
+    if (rc == BM_OK)
+        *written = r->integer == 1;
+    bm_redis_reply_free(r);
+    return rc;
+}
+
+/* Store blob 'k' of segment 'id' without ever replacing a published blob
+ * (docs/storage.md §7). SET NX covers a new id. An existing blob is an
+ * orphan of a crashed seal (same writer state, same id) or a blob someone
+ * else wrote: it is replaced only while the stored manifest is still
+ * 'base' (the version this seal builds on) and 'base' does not reference
+ * 'id', unless 'reuse' (a rebuild replacing every segment of 'base'). The
+ * check and the SET run in one script against the exact manifest bytes
+ * read, so a publication in between refuses the write. Anything else is
+ * BM_ECONFLICT: another writer moved on, resync. */
+static int store_segment(struct bm_gshard *sh, const char *k, uint64_t id, const void *blob,
+                         size_t len, const struct bm_manifest *base, int reuse, char *err,
+                         size_t errlen)
+{
+    int written = 0;
+    int rc = seg_set(sh, k, blob, len, "nx", NULL, 0, &written);
+    if (rc != BM_OK)
+        return bm_seterr(err, errlen, rc, "SET segment: %s", bm_redis_errstr(sh->env.redis));
+    if (written)
+        return BM_OK;
+    void *man = NULL;
+    size_t manlen = 0;
+    struct bm_manifest *cur = NULL;
+    rc = bm_redis_get(sh->env.redis, sh->mkey, strlen(sh->mkey), &man, &manlen);
+    if (rc == BM_OK) {
+        char derr[256];
+        if (bm_manifest_decode(man, manlen, 0, &cur, derr, sizeof derr) != BM_OK)
+            cur = NULL;
+    } else if (rc != BM_ENOTFOUND) {
+        return bm_seterr(err, errlen, rc, "GET manifest: %s", bm_redis_errstr(sh->env.redis));
+    }
+    uint64_t have = rc == BM_ENOTFOUND ? 0 : cur != NULL ? cur->version : UINT64_MAX;
+    int ok = have == base->version;
+    for (size_t s = 0; ok && !reuse && cur != NULL && s < cur->nsegments; s++)
+        ok = cur->segments[s].id != id;
+    bm_manifest_free(cur);
+    if (ok)
+        rc = seg_set(sh, k, blob, len, "if", man, manlen, &written);
+    free(man);
+    if (rc != BM_OK && rc != BM_ENOTFOUND)
+        return bm_seterr(err, errlen, rc, "SET segment: %s", bm_redis_errstr(sh->env.redis));
+    if (!ok || !written)
+        return bm_seterr(err, errlen, BM_ECONFLICT,
+                         "segment %llu exists and the manifest moved past version %llu",
+                         (unsigned long long)id, (unsigned long long)base->version);
+    return BM_OK;
+}
+
+/* Encode 'o' and store it (store_segment: never over a published blob).
+ * On BM_OK 'ref' describes the stored blob. */
+static int write_segment(struct bm_gshard *sh, const struct outseg *o,
+                         const struct bm_manifest *base, int reuse, struct bm_segref *ref,
                          char *err, size_t errlen)
 {
     uint8_t *blob = NULL;
@@ -419,10 +579,10 @@ static int write_segment(struct bm_gshard *sh, const struct outseg *o, struct bm
     }
     char k[BM_KEY_MAX];
     bm_key_segment(k, sizeof k, sh->gallery, sh->shard, o->id);
-    rc = bm_redis_set(sh->env.redis, k, strlen(k), blob, len, 0);
+    rc = store_segment(sh, k, o->id, blob, len, base, reuse, err, errlen);
     free(blob);
     if (rc != BM_OK)
-        return bm_seterr(err, errlen, rc, "SET segment: %s", bm_redis_errstr(sh->env.redis));
+        return rc;
     memset(ref->key_id, 0, sizeof ref->key_id);
     if (kid != NULL)
         memcpy(ref->key_id, kid, strlen(kid) + 1);
@@ -610,13 +770,16 @@ static int publish(struct bm_gshard *sh, struct sbuf *b, int replace, struct bm_
             refs = nr;
             caprefs = nc;
         }
-        if ((rc = write_segment(sh, &o, &refs[nrefs], err, errlen)) != BM_OK)
+        if ((rc = write_segment(sh, &o, base, replace, &refs[nrefs], err, errlen)) != BM_OK)
             goto out;
         if ((rc = segstat_add(sh, o.id, (uint32_t)o.n, refs[nrefs].bytes)) != BM_OK)
             goto out;
         nrefs++;
         for (size_t r = 0; r < o.n; r++)
-            index_upsert(sh, o.keys[r], o.id);
+            if ((rc = index_upsert(sh, o.keys[r], o.id, o.ids[r], o.lens[r])) != BM_OK) {
+                bm_seterr(err, errlen, rc, "publish: out of memory");
+                goto out;
+            }
         outseg_free(&o);
         i = j;
     }
@@ -788,9 +951,16 @@ static int load_index(struct bm_gshard *sh, struct bm_manifest *m, char *err, si
         if (rc != BM_OK)
             return bm_seterr(err, errlen, rc, "GET segment: %s", bm_redis_errstr(sh->env.redis));
         struct bm_segment *seg = NULL;
-        rc = decode_stored(sh, ref, blob, len, &seg, NULL, err, errlen);
+        /* Per segment: the ids of its rows for the collision check. */
+        struct bm_subjects *ids = bm_subjects_new(ref->count, err, errlen);
+        if (ids == NULL) {
+            free(blob);
+            return BM_ENOMEM;
+        }
+        rc = decode_stored(sh, ref, blob, len, &seg, ids, err, errlen);
         free(blob);
         if (rc != BM_OK) {
+            bm_subjects_free(ids);
             /* Rebuilt from the log (also for an at-rest key this process
              * lacks: the rebuild seals under the current key). */
             char why[256];
@@ -798,14 +968,19 @@ static int load_index(struct bm_gshard *sh, struct bm_manifest *m, char *err, si
             return bm_seterr(err, errlen, BM_ENOTFOUND, "segment %llu unusable: %s: %s",
                              (unsigned long long)ref->id, bm_strerror(rc), why);
         }
-        if (segstat_add(sh, ref->id, ref->count, ref->bytes) != BM_OK) {
-            bm_segment_free(seg);
-            return BM_ENOMEM;
-        }
+        rc = segstat_add(sh, ref->id, ref->count, ref->bytes);
         size_t n = bm_segment_count(seg);
-        for (size_t r = 0; r < n; r++)
-            index_upsert(sh, bm_segment_row_id(seg, r), ref->id);
+        for (size_t r = 0; r < n && rc == BM_OK; r++) {
+            uint64_t key = bm_segment_row_id(seg, r);
+            size_t idlen = 0;
+            const char *sid = bm_subjects_get(ids, key, &idlen);
+            rc = sid != NULL ? index_upsert(sh, key, ref->id, sid, idlen) : BM_EPROTO;
+        }
         bm_segment_free(seg);
+        bm_subjects_free(ids);
+        if (rc != BM_OK)
+            return bm_seterr(err, errlen, rc, "segment %llu: indexing failed",
+                             (unsigned long long)ref->id);
     }
     for (size_t t = 0; t < m->ntombstones; t++) {
         size_t len = strlen(m->tombstones[t]);
@@ -882,6 +1057,10 @@ static int register_metrics(struct bm_gshard *sh, char *err, size_t errlen)
     sh->c_skipped = bm_metrics_counter(m, "biomatch_gallery_records_skipped_total",
                                        "Gallery log records skipped as unusable", labels, err,
                                        errlen);
+    sh->c_collisions = bm_metrics_counter(
+        m, "biomatch_gallery_key_collisions_total",
+        "Gallery log records refused: their subject key is another subject's", labels, err,
+        errlen);
     sh->h_seal = bm_metrics_histogram(m, "biomatch_gallery_seal_seconds",
                                       "Time to seal a buffer and publish its manifest", NULL,
                                       NULL, 0, err, errlen);
@@ -922,7 +1101,8 @@ struct bm_gshard *bm_gshard_open(const struct bm_gshard_env *env,
     sh->row = malloc(sh->tbytes);
     sh->index = bm_keymap_new(4096);
     sh->tombs.idx = bm_keymap_new(64);
-    if (sh->row == NULL || sh->index == NULL || sh->tombs.idx == NULL ||
+    sh->names.idx = bm_keymap_new(4096);
+    if (sh->row == NULL || sh->index == NULL || sh->tombs.idx == NULL || sh->names.idx == NULL ||
         sbuf_init(&sh->buf, sh->tbytes) != BM_OK) {
         bm_seterr(err, errlen, BM_ENOMEM, "shard: out of memory");
         goto fail;
@@ -955,6 +1135,10 @@ void bm_gshard_free(struct bm_gshard *sh)
     bm_keymap_free(sh->tombs.idx);
     free(sh->tombs.s);
     free(sh->tombs.keys);
+    tomb_clear(&sh->names);
+    bm_keymap_free(sh->names.idx);
+    free(sh->names.s);
+    free(sh->names.keys);
     sbuf_free(&sh->buf);
     free(sh->row);
     free(sh);
@@ -1100,8 +1284,11 @@ int bm_gshard_compact(struct bm_gshard *sh)
             }
             struct outseg o = {newest + 1 + nrefs, j - r, all.ids + r, all.lens + r,
                                all.keys + r, all.rows + r * sh->tbytes, all.scales + r};
-            if ((rc = write_segment(sh, &o, &refs[nrefs], err, sizeof err)) != BM_OK)
+            if ((rc = write_segment(sh, &o, sh->man, 0, &refs[nrefs], err, sizeof err)) !=
+                BM_OK) {
+                sh->stale = rc == BM_ECONFLICT; /* another writer: reload */
                 goto out;
+            }
             nrefs++;
             r = j;
         }
@@ -1133,7 +1320,9 @@ int bm_gshard_compact(struct bm_gshard *sh)
     for (size_t s = 0; s < nrefs; s++) {
         segstat_add(sh, refs[s].id, refs[s].count, refs[s].bytes);
         for (size_t r = 0; r < refs[s].count; r++)
-            bm_keymap_put(sh->index, all.keys[r0 + r], refs[s].id);
+            if (bm_keymap_put(sh->index, all.keys[r0 + r], refs[s].id) != BM_OK ||
+                name_set(sh, all.keys[r0 + r], all.ids[r0 + r], all.lens[r0 + r]) != BM_OK)
+                sh->stale = 1; /* out of memory: reload before the next change */
         r0 += refs[s].count;
     }
     bm_manifest_free(sh->man);

@@ -5,7 +5,9 @@
  * Durability protocol (docs/storage.md section 7): the manifest's
  * log_offset is the truth about what is sealed. Records below it are
  * ignored; records at or above it are buffered (the latest change of a
- * subject wins); sealing writes segment blobs (SET), then publishes the
+ * subject wins); sealing writes segment blobs (never over a blob the
+ * current manifest references, nor after another writer published), then
+ * publishes the
  * next manifest by compare-and-set on its version, and only then may the
  * caller store the gallery.<name> offset (bm_gshard_log_offset). A crash
  * anywhere re-reads the log from log_offset and seals again under the same
@@ -61,6 +63,13 @@ void bm_gshard_free(struct bm_gshard *sh);
  * with a warning (BM_OK: it cannot be fixed by reading it again). */
 int bm_gshard_add(struct bm_gshard *sh, int64_t offset, const void *key, size_t keylen,
                   const void *value, size_t valuelen);
+
+/* bm_gshard_add with the subject key given instead of hashed from 'id':
+ * for tests only, to drive the key collision path (a change whose key is
+ * held by another subject id is refused, counted and logged, never
+ * applied) without searching for an FNV-1a collision. */
+int bm_gshard_add_keyed(struct bm_gshard *sh, int64_t offset, uint64_t subject_key,
+                        const char *id, size_t idlen, const void *value, size_t valuelen);
 
 /* 1 when the buffer should be sealed now (size or age reached). */
 int bm_gshard_due(const struct bm_gshard *sh, long long now_ms);
