@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "conf/args.h"
 #include "conf/conf.h"
 #include "obs/http.h"
 #include "obs/log.h"
@@ -89,27 +90,23 @@ static void sleep_ms(long ms)
 
 int main(int argc, char **argv)
 {
-    const char *config = NULL;
-    int check = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-            config = argv[++i];
-        } else if (strncmp(argv[i], "--config=", 9) == 0) {
-            config = argv[i] + 9;
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check = 1;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf("biomatch-coordinator %s\n", BM_VERSION);
-            return 0;
-        } else {
-            fprintf(stderr, "biomatch-coordinator: unknown argument '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
+    struct bm_args args;
+    switch (bm_args_parse(argc, argv, &args)) {
+    case BM_ARGS_HELP:
+        usage(stdout);
+        return 0;
+    case BM_ARGS_VERSION:
+        printf("biomatch-coordinator %s\n", BM_VERSION);
+        return 0;
+    case BM_ARGS_BAD:
+        fprintf(stderr, "biomatch-coordinator: unknown argument '%s'\n", args.bad);
+        usage(stderr);
+        return 2;
+    case BM_ARGS_RUN:
+        break;
     }
+    const char *config = args.config;
+    int check = args.check;
 
     bm_log_init("coordinator");
     char err[1024];

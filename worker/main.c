@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "common/err.h"
+#include "conf/args.h"
 #include "crypto/keyring.h"
 #include "match/cpu.h"
 #include "match/pool.h"
@@ -66,7 +67,7 @@ static void usage(FILE *f)
           "(consumer group <prefix>workers.<gallery>), loads the assigned shards\n"
           "from Redis and publishes one PartialResult per task to <prefix>partials.\n"
           "\n"
-          "  --config FILE     YAML configuration (docs/config.md); BIOMATCH_*\n"
+          "  --config FILE     (or --config=FILE) YAML configuration (docs/config.md); BIOMATCH_*\n"
           "                    environment variables override it\n"
           "  --check-config    load and validate the configuration, print it\n"
           "                    (secrets redacted) and exit 0, or 1 when invalid\n"
@@ -380,25 +381,23 @@ static void teardown(struct wk *w)
 
 int main(int argc, char **argv)
 {
-    const char *config = NULL;
-    int check = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-            config = argv[++i];
-        } else if (strcmp(argv[i], "--check-config") == 0) {
-            check = 1;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf("biomatch-worker %s\n", WK_VERSION);
-            return 0;
-        } else {
-            fprintf(stderr, "biomatch-worker: unknown argument '%s'\n", argv[i]);
-            usage(stderr);
-            return 1;
-        }
+    struct bm_args args;
+    switch (bm_args_parse(argc, argv, &args)) {
+    case BM_ARGS_HELP:
+        usage(stdout);
+        return 0;
+    case BM_ARGS_VERSION:
+        printf("biomatch-worker %s\n", WK_VERSION);
+        return 0;
+    case BM_ARGS_BAD:
+        fprintf(stderr, "biomatch-worker: unknown argument '%s'\n", args.bad);
+        usage(stderr);
+        return 2;
+    case BM_ARGS_RUN:
+        break;
     }
+    const char *config = args.config;
+    int check = args.check;
 
     char err[1024];
     bm_log_init("worker");
