@@ -253,7 +253,8 @@ int bm_consumer_assign(struct bm_consumer *c, const struct bm_bus_tp *tps,
 
 /* Wait up to 'timeout_ms' for a message, serving rebalance callbacks on this
  * thread meanwhile. Returns BM_OK with *out set (caller owns it: free with
- * bm_bus_msg_free), BM_ETIMEDOUT with *out NULL when nothing arrived,
+ * bm_bus_msg_free), BM_ETIMEDOUT with *out NULL when nothing arrived (or
+ * only a message held back for a paused partition, possibly early),
  * BM_EKAFKA with *out NULL for a consumer error (err says which; most are
  * transient, see bm_consumer_fatal), or BM_ENOMEM.
  * Thread: one polling thread. */
@@ -284,7 +285,13 @@ int bm_consumer_committed(struct bm_consumer *c, struct bm_bus_tp *tps,
 
 /* Stop / restart fetching one assigned partition. Messages already fetched
  * for it are discarded and fetched again after resume, so pausing loses
- * nothing. Returns BM_OK or BM_EKAFKA. Thread: poller. */
+ * nothing. A partition that has delivered nothing yet (paused in on_assign,
+ * say) is paused for real only when its first message arrives: that
+ * message is held back and is the first one bm_consumer_poll returns after
+ * the resume (librdkafka may otherwise never fetch a partition paused
+ * before its fetch started). Held messages of a revoked partition are
+ * dropped unstored, so its next owner gets them. Returns BM_OK, BM_ENOMEM
+ * or BM_EKAFKA (e.g. not assigned). Thread: poller. */
 int bm_consumer_pause(struct bm_consumer *c, const char *topic,
                       int32_t partition);
 int bm_consumer_resume(struct bm_consumer *c, const char *topic,

@@ -8,7 +8,18 @@
  * Invariant: on_assign sees partitions only after they joined the
  * assignment, on_revoke only before they leave it, and stored offsets of
  * revoked partitions are committed before they leave (unless they were
- * lost), so the next owner starts exactly after the last finished message. */
+ * lost), so the next owner starts exactly after the last finished message.
+ *
+ * Deferred pauses: librdkafka may lose a partition that is paused before
+ * its fetch has started (the pause and the fetch start race on the
+ * partition's op version; confluentinc/librdkafka#2190, #5591): after the
+ * resume it never fetches again, silently. So a pause of a partition that
+ * has delivered nothing yet (in on_assign, typically) is only recorded
+ * here. The first message that arrives for it is held back and the real
+ * pause made then, when the fetch is running and the resume restarts right
+ * after the held message; the resume hands the held messages out first, in
+ * order. Revocation drops them unprocessed and unstored, like any message
+ * the application never saw. */
 #include "bus/internal.h"
 
 #include <stdio.h>
@@ -17,6 +28,20 @@
 
 #include "common/err.h"
 
+/* A message held back for a deferred pause, or handed back by a resume. */
+struct held {
+    struct bm_bus_msg *m;
+    struct held *next;
+};
+
+/* A partition paused by the application before it delivered anything. */
+struct deferred {
+    char *topic;
+    int32_t partition;
+    int real;                /* librdkafka's pause is made */
+    struct held *head, *tail;
+};
+
 struct bm_consumer {
     struct bm_bus_base base; /* must stay first: librdkafka's opaque */
     rd_kafka_t *rk;
@@ -24,7 +49,76 @@ struct bm_consumer {
     int grouped;  /* created with a group id */
     int closing;  /* bm_consumer_close has begun */
     int closed;   /* bm_consumer_close has finished */
+    int in_assign;           /* on_assign is running */
+    struct deferred *def;    /* deferred pauses (few, short-lived) */
+    size_t ndef, capdef;
+    struct held *ready, *ready_tail; /* resumed held messages, served first */
 };
+
+static struct deferred *deferred_find(struct bm_consumer *c, const char *topic,
+                                      int32_t partition)
+{
+    for (size_t i = 0; i < c->ndef; i++)
+        if (c->def[i].partition == partition && strcmp(c->def[i].topic, topic) == 0)
+            return &c->def[i];
+    return NULL;
+}
+
+static void held_free(struct held *h)
+{
+    while (h != NULL) {
+        struct held *next = h->next;
+        bm_bus_msg_free(h->m);
+        free(h);
+        h = next;
+    }
+}
+
+/* Forget deferred pause 'd' (its held messages go to 'keep' if given, else
+ * they are dropped). */
+static void deferred_remove(struct bm_consumer *c, struct deferred *d, int keep)
+{
+    if (keep && d->head != NULL) {
+        if (c->ready_tail != NULL)
+            c->ready_tail->next = d->head;
+        else
+            c->ready = d->head;
+        c->ready_tail = d->tail;
+    } else {
+        held_free(d->head);
+    }
+    free(d->topic);
+    *d = c->def[--c->ndef];
+}
+
+/* Drop every held or ready message of 'topic' [partition] (revoked). */
+static void forget_partition(struct bm_consumer *c, const char *topic, int32_t partition)
+{
+    struct deferred *d = deferred_find(c, topic, partition);
+    if (d != NULL)
+        deferred_remove(c, d, 0);
+    struct held **pp = &c->ready;
+    c->ready_tail = NULL;
+    while (*pp != NULL) {
+        struct held *h = *pp;
+        if (h->m->partition == partition && strcmp(h->m->topic, topic) == 0) {
+            *pp = h->next;
+            bm_bus_msg_free(h->m);
+            free(h);
+        } else {
+            c->ready_tail = h;
+            pp = &h->next;
+        }
+    }
+}
+
+static void forget_all(struct bm_consumer *c)
+{
+    while (c->ndef > 0)
+        deferred_remove(c, &c->def[c->ndef - 1], 0);
+    held_free(c->ready);
+    c->ready = c->ready_tail = NULL;
+}
 
 /* "what: detail" to the application's log function, if any. */
 static void log_line(struct bm_consumer *c, int level, const char *what,
@@ -52,10 +146,13 @@ static void call_user(struct bm_consumer *c, rd_kafka_topic_partition_list_t *pa
     }
     for (size_t i = 0; i < n; i++)
         tps[i].offset = BM_OFFSET_INVALID;
-    if (revoke)
+    if (revoke) {
         fr(c, tps, n, lost, c->cbs.opaque);
-    else
+    } else {
+        c->in_assign = 1;
         fa(c, tps, n, c->cbs.opaque);
+        c->in_assign = 0;
+    }
     free(tps);
 }
 
@@ -77,6 +174,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         int lost = rd_kafka_assignment_lost(rk);
         call_user(c, parts, 1, lost);
+        for (int i = 0; i < parts->cnt; i++)
+            forget_partition(c, parts->elems[i].topic, parts->elems[i].partition);
         /* Commit what on_revoke and earlier work stored, synchronously,
          * before the partitions go, so the next owner resumes after the
          * last finished message. NULL means "the stored offsets of the
@@ -97,10 +196,14 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             e = rd_kafka_assign(rk, NULL);
     } else {
         log_line(c, 3, "rebalance failed", rd_kafka_err2str(err));
-        if (coop && rd_kafka_assignment_lost(rk))
+        if (coop && rd_kafka_assignment_lost(rk)) {
+            for (int i = 0; i < parts->cnt; i++)
+                forget_partition(c, parts->elems[i].topic, parts->elems[i].partition);
             error = rd_kafka_incremental_unassign(rk, parts);
-        else
+        } else {
+            forget_all(c);
             e = rd_kafka_assign(rk, NULL);
+        }
     }
     if (error != NULL) {
         log_line(c, 3, "rebalance", rd_kafka_error_string(error));
@@ -226,6 +329,7 @@ int bm_consumer_assign(struct bm_consumer *c, const struct bm_bus_tp *tps,
         if (l == NULL)
             return bm_seterr(err, errlen, BM_ENOMEM, "assign: out of memory");
     }
+    forget_all(c); /* the assignment is replaced: so are its pauses */
     rd_kafka_resp_err_t e = rd_kafka_assign(c->rk, l);
     if (l != NULL)
         rd_kafka_topic_partition_list_destroy(l);
@@ -242,10 +346,48 @@ void bm_bus_msg_free(struct bm_bus_msg *m)
     free(m);
 }
 
+static int pause_resume(struct bm_consumer *c, const char *topic,
+                        int32_t partition, int pause);
+
+/* The first message of a partition whose pause was deferred: keep it and
+ * make the real pause now that the partition's fetch is running. Returns
+ * what bm_consumer_poll returns: nothing for the application. */
+static int hold(struct bm_consumer *c, struct deferred *d, struct bm_bus_msg *m,
+                char *err, size_t errlen)
+{
+    struct held *h = malloc(sizeof *h);
+    if (h == NULL) {
+        /* Dropping it silently would lose it (the fetch has moved past
+         * it); the application decides what an out-of-memory means. */
+        bm_bus_msg_free(m);
+        return bm_seterr(err, errlen, BM_ENOMEM, "consume: out of memory");
+    }
+    h->m = m;
+    h->next = NULL;
+    if (d->tail != NULL)
+        d->tail->next = h;
+    else
+        d->head = h;
+    d->tail = h;
+    /* Until it succeeds, later messages are held too. */
+    if (!d->real && pause_resume(c, d->topic, d->partition, 1) == BM_OK)
+        d->real = 1;
+    return BM_ETIMEDOUT;
+}
+
 int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
                      struct bm_bus_msg **out, char *err, size_t errlen)
 {
     *out = NULL;
+    if (c->ready != NULL) {
+        struct held *h = c->ready;
+        c->ready = h->next;
+        if (c->ready == NULL)
+            c->ready_tail = NULL;
+        *out = h->m;
+        free(h);
+        return BM_OK;
+    }
     rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout_ms);
     if (rkm == NULL)
         return BM_ETIMEDOUT;
@@ -291,6 +433,11 @@ int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
     m->nheaders = nh;
     m->timestamp_ms = tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? -1 : ts;
     m->priv = rkm;
+    if (c->ndef > 0) {
+        struct deferred *d = deferred_find(c, m->topic, m->partition);
+        if (d != NULL)
+            return hold(c, d, m, err, errlen);
+    }
     *out = m;
     return BM_OK;
 }
@@ -364,14 +511,63 @@ static int pause_resume(struct bm_consumer *c, const char *topic,
     return e == RD_KAFKA_RESP_ERR_NO_ERROR ? BM_OK : BM_EKAFKA;
 }
 
+/* Is 'topic' [partition] assigned here without having delivered anything
+ * to the application yet? (Its position is the offset after the last
+ * message consumed, negative before the first.) */
+static int assigned_and_fresh(struct bm_consumer *c, const char *topic, int32_t partition)
+{
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(c->rk, &a) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    int assigned = rd_kafka_topic_partition_list_find(a, topic, partition) != NULL;
+    rd_kafka_topic_partition_list_destroy(a);
+    if (!assigned)
+        return 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    if (l == NULL)
+        return 0;
+    rd_kafka_topic_partition_list_add(l, topic, partition);
+    int fresh = rd_kafka_position(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                l->elems[0].offset < 0;
+    rd_kafka_topic_partition_list_destroy(l);
+    return fresh;
+}
+
 int bm_consumer_pause(struct bm_consumer *c, const char *topic, int32_t partition)
 {
-    return pause_resume(c, topic, partition, 1);
+    if (deferred_find(c, topic, partition) != NULL)
+        return BM_OK; /* already paused */
+    /* In on_assign the position may still be the one of an earlier
+     * assignment of the same partition: defer there whatever it says. */
+    if (!c->in_assign && !assigned_and_fresh(c, topic, partition))
+        return pause_resume(c, topic, partition, 1);
+    if (c->ndef == c->capdef) {
+        size_t nc = c->capdef ? c->capdef * 2 : 8;
+        struct deferred *nd = realloc(c->def, nc * sizeof *nd);
+        if (nd == NULL)
+            return BM_ENOMEM;
+        c->def = nd;
+        c->capdef = nc;
+    }
+    char *t = strdup(topic);
+    if (t == NULL)
+        return BM_ENOMEM;
+    c->def[c->ndef++] = (struct deferred){t, partition, 0, NULL, NULL};
+    return BM_OK;
 }
 
 int bm_consumer_resume(struct bm_consumer *c, const char *topic, int32_t partition)
 {
-    return pause_resume(c, topic, partition, 0);
+    struct deferred *d = deferred_find(c, topic, partition);
+    if (d == NULL)
+        return pause_resume(c, topic, partition, 0);
+    if (d->real) {
+        int rc = pause_resume(c, topic, partition, 0);
+        if (rc != BM_OK)
+            return rc;
+    }
+    deferred_remove(c, d, 1); /* its held messages are served next */
+    return BM_OK;
 }
 
 int bm_consumer_assignment(struct bm_consumer *c, struct bm_bus_tp **out,
@@ -421,6 +617,8 @@ void bm_consumer_free(struct bm_consumer *c)
     if (c == NULL)
         return;
     bm_consumer_close(c, NULL, 0);
+    forget_all(c); /* librdkafka messages: before their handle goes */
+    free(c->def);
     rd_kafka_destroy(c->rk);
     free(c);
 }

@@ -2,8 +2,9 @@
  * BIOMATCH_KAFKA_BROKERS (KRaft, auto topic creation off,
  * group.initial.rebalance.delay.ms=0): admin topic creation, a protobuf
  * round trip with headers, a cooperative-sticky handover between two group
- * members with offsets stored after processing, and committed offsets that
- * survive a restart. Every wait is bounded; nothing asserts on speed. */
+ * members with offsets stored after processing, committed offsets that
+ * survive a restart, and partitions paused in on_assign that all deliver
+ * after their resume. Every wait is bounded; nothing asserts on speed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -505,6 +506,114 @@ static void test_cooperative_handover_no_auto_commit(void **state)
     run_handover();
 }
 
+/* ------------------------------------------------- pause in on_assign */
+
+#define PA_PARTS 16
+#define PA_ROUNDS 6
+#define PA_LEAVE 2
+
+struct pauser {
+    int assigned;
+    const char *topic;
+};
+
+static void pa_assign(struct bm_consumer *c, const struct bm_bus_tp *tps, size_t n, void *opaque)
+{
+    struct pauser *p = opaque;
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(bm_consumer_pause(c, tps[i].topic, tps[i].partition), BM_OK);
+    p->assigned += (int)n;
+}
+
+/* The worker's pattern, many partitions at a time: a new member pauses
+ * every partition in on_assign (its shard is loading), resumes them all a
+ * moment later, and must then get every message of every partition
+ * exactly once. Round 0 starts without committed offsets (the offset
+ * reset path), later rounds from the offsets the previous member stored
+ * and committed on close. The member of round PA_LEAVE leaves without
+ * resuming: what it held back goes, unstored, to the next member.
+ * librdkafka 2.0.2 alone, pausing before the fetch had started, now and
+ * then left a partition that never fetched again. */
+static void test_pause_on_assign_every_partition_delivers(void **state)
+{
+    (void)state;
+    char err[512], topic[128], group[128];
+    bm_test_unique(topic, sizeof topic, "bm.test.pause");
+    bm_test_unique(group, sizeof group, "bm.test.pausers");
+    create_topic(topic, PA_PARTS, NULL, 0);
+    struct bm_bus_conf pc = conf_plain();
+    struct bm_producer *prod = bm_producer_new(&pc, err, sizeof err);
+    assert_non_null(prod);
+    static int seen[PA_ROUNDS * PA_PARTS];
+    memset(seen, 0, sizeof seen);
+    auto_commit = 1;
+    for (int round = 0; round < PA_ROUNDS; round++) {
+        struct dr r = {0};
+        for (int p = 0; p < PA_PARTS; p++) {
+            char v[32];
+            snprintf(v, sizeof v, "%d", round * PA_PARTS + p);
+            assert_int_equal(bm_producer_send(prod, topic, p, v, strlen(v), v, strlen(v), NULL,
+                                              0, on_dr, &r), BM_OK);
+        }
+        assert_int_equal(bm_producer_flush(prod, WAIT_MS), BM_OK);
+        assert_int_equal(r.ok, PA_PARTS);
+
+        struct pauser ps = {0, topic};
+        struct bm_bus_conf c = conf_group();
+        struct bm_consumer_callbacks cbs = {pa_assign, NULL, &ps};
+        struct bm_consumer *k = bm_consumer_new(&c, group, NULL, &cbs, err, sizeof err);
+        assert_non_null(k);
+        const char *topics[] = {topic};
+        assert_int_equal(bm_consumer_subscribe(k, topics, 1, err, sizeof err), BM_OK);
+        int64_t deadline = bm_test_now_ms() + WAIT_MS;
+        struct bm_bus_msg *m = NULL;
+        while (ps.assigned < PA_PARTS && bm_test_now_ms() < deadline)
+            assert_int_not_equal(bm_consumer_poll(k, 50, &m, err, sizeof err), BM_OK);
+        assert_int_equal(ps.assigned, PA_PARTS);
+        /* Paused: nothing reaches the application meanwhile (long enough
+         * for the first messages to be fetched and held back). */
+        for (int i = 0; i < (round == PA_LEAVE ? 20 : 4); i++)
+            assert_int_not_equal(bm_consumer_poll(k, 50, &m, err, sizeof err), BM_OK);
+        if (round == PA_LEAVE) {
+            assert_int_equal(bm_consumer_close(k, err, sizeof err), BM_OK);
+            bm_consumer_free(k);
+            continue;
+        }
+        for (int p = 0; p < PA_PARTS; p++)
+            assert_int_equal(bm_consumer_resume(k, topic, p), BM_OK);
+        int got = 0, want = round == PA_LEAVE + 1 ? 2 * PA_PARTS : PA_PARTS;
+        deadline = bm_test_now_ms() + WAIT_MS;
+        while (got < want && bm_test_now_ms() < deadline) {
+            if (bm_consumer_poll(k, 100, &m, err, sizeof err) != BM_OK)
+                continue;
+            char v[32];
+            assert_true(m->valuelen > 0 && m->valuelen < sizeof v);
+            memcpy(v, m->value, m->valuelen);
+            v[m->valuelen] = '\0';
+            char *end;
+            long idx = strtol(v, &end, 10);
+            assert_true(*end == '\0' && idx >= 0 && idx < (round + 1) * PA_PARTS);
+            assert_int_equal(idx % PA_PARTS, m->partition);
+            seen[idx]++;
+            got++;
+            assert_int_equal(bm_consumer_store(k, m), BM_OK);
+            bm_bus_msg_free(m);
+        }
+        if (got < want) {
+            for (int p = 0; p < PA_PARTS; p++)
+                if (seen[round * PA_PARTS + p] == 0)
+                    fprintf(stderr, "round %d: partition %d delivered nothing\n", round, p);
+            fail_msg("round %d: %d of %d messages delivered", round, got, want);
+        }
+        assert_int_equal(bm_consumer_close(k, err, sizeof err), BM_OK);
+        bm_consumer_free(k);
+    }
+    for (int i = 0; i < PA_ROUNDS * PA_PARTS; i++)
+        if (seen[i] != 1)
+            fail_msg("message %d seen %d times", i, seen[i]);
+    bm_producer_free(prod);
+}
+
 int main(void)
 {
     brokers = getenv("BIOMATCH_KAFKA_BROKERS");
@@ -514,6 +623,7 @@ int main(void)
         cmocka_unit_test(test_protobuf_round_trip),
         cmocka_unit_test(test_cooperative_handover),
         cmocka_unit_test(test_cooperative_handover_no_auto_commit),
+        cmocka_unit_test(test_pause_on_assign_every_partition_delivers),
     };
     if (brokers == NULL || *brokers == '\0') {
         fprintf(stderr, "BIOMATCH_KAFKA_BROKERS is not set: run integration "
