@@ -28,9 +28,11 @@
 
 #include "common/err.h"
 
-/* A message held back for a deferred pause, or handed back by a resume. */
+/* A message view with a link for the queues below, in one allocation
+ * (the header array follows it), so holding a message back cannot fail.
+ * bm_bus_msg_free(&b->m) frees the block: 'm' is its first member. */
 struct held {
-    struct bm_bus_msg *m;
+    struct bm_bus_msg m;
     struct held *next;
 };
 
@@ -68,8 +70,7 @@ static void held_free(struct held *h)
 {
     while (h != NULL) {
         struct held *next = h->next;
-        bm_bus_msg_free(h->m);
-        free(h);
+        bm_bus_msg_free(&h->m);
         h = next;
     }
 }
@@ -91,25 +92,35 @@ static void deferred_remove(struct bm_consumer *c, struct deferred *d, int keep)
     *d = c->def[--c->ndef];
 }
 
+/* Take the messages of 'topic' [partition] out of the ready queue, in
+ * order, as a list. */
+static struct held *ready_take(struct bm_consumer *c, const char *topic, int32_t partition)
+{
+    struct held *out = NULL, **out_tail = &out;
+    struct held **pp = &c->ready;
+    c->ready_tail = NULL;
+    while (*pp != NULL) {
+        struct held *h = *pp;
+        if (h->m.partition == partition && strcmp(h->m.topic, topic) == 0) {
+            *pp = h->next;
+            h->next = NULL;
+            *out_tail = h;
+            out_tail = &h->next;
+        } else {
+            c->ready_tail = h;
+            pp = &h->next;
+        }
+    }
+    return out;
+}
+
 /* Drop every held or ready message of 'topic' [partition] (revoked). */
 static void forget_partition(struct bm_consumer *c, const char *topic, int32_t partition)
 {
     struct deferred *d = deferred_find(c, topic, partition);
     if (d != NULL)
         deferred_remove(c, d, 0);
-    struct held **pp = &c->ready;
-    c->ready_tail = NULL;
-    while (*pp != NULL) {
-        struct held *h = *pp;
-        if (h->m->partition == partition && strcmp(h->m->topic, topic) == 0) {
-            *pp = h->next;
-            bm_bus_msg_free(h->m);
-            free(h);
-        } else {
-            c->ready_tail = h;
-            pp = &h->next;
-        }
-    }
+    held_free(ready_take(c, topic, partition));
 }
 
 static void forget_all(struct bm_consumer *c)
@@ -350,19 +361,9 @@ static int pause_resume(struct bm_consumer *c, const char *topic,
                         int32_t partition, int pause);
 
 /* The first message of a partition whose pause was deferred: keep it and
- * make the real pause now that the partition's fetch is running. Returns
- * what bm_consumer_poll returns: nothing for the application. */
-static int hold(struct bm_consumer *c, struct deferred *d, struct bm_bus_msg *m,
-                char *err, size_t errlen)
+ * make the real pause now that the partition's fetch is running. */
+static void hold(struct bm_consumer *c, struct deferred *d, struct held *h)
 {
-    struct held *h = malloc(sizeof *h);
-    if (h == NULL) {
-        /* Dropping it silently would lose it (the fetch has moved past
-         * it); the application decides what an out-of-memory means. */
-        bm_bus_msg_free(m);
-        return bm_seterr(err, errlen, BM_ENOMEM, "consume: out of memory");
-    }
-    h->m = m;
     h->next = NULL;
     if (d->tail != NULL)
         d->tail->next = h;
@@ -372,7 +373,6 @@ static int hold(struct bm_consumer *c, struct deferred *d, struct bm_bus_msg *m,
     /* Until it succeeds, later messages are held too. */
     if (!d->real && pause_resume(c, d->topic, d->partition, 1) == BM_OK)
         d->real = 1;
-    return BM_ETIMEDOUT;
 }
 
 int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
@@ -384,8 +384,7 @@ int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
         c->ready = h->next;
         if (c->ready == NULL)
             c->ready_tail = NULL;
-        *out = h->m;
-        free(h);
+        *out = &h->m;
         return BM_OK;
     }
     rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout_ms);
@@ -405,12 +404,13 @@ int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
         nh = rd_kafka_header_cnt(hdrs);
     /* The view and its header array in one block; names and values point
      * into the librdkafka message, which the view keeps alive. */
-    struct bm_bus_msg *m = malloc(sizeof *m + nh * sizeof(struct bm_bus_header));
-    if (m == NULL) {
+    struct held *b = malloc(sizeof *b + nh * sizeof(struct bm_bus_header));
+    if (b == NULL) {
         rd_kafka_message_destroy(rkm);
         return bm_seterr(err, errlen, BM_ENOMEM, "consume: out of memory");
     }
-    struct bm_bus_header *hv = (struct bm_bus_header *)(m + 1);
+    struct bm_bus_msg *m = &b->m;
+    struct bm_bus_header *hv = (struct bm_bus_header *)(b + 1);
     for (size_t i = 0; i < nh; i++) {
         const char *name = NULL;
         const void *val = NULL;
@@ -435,8 +435,10 @@ int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
     m->priv = rkm;
     if (c->ndef > 0) {
         struct deferred *d = deferred_find(c, m->topic, m->partition);
-        if (d != NULL)
-            return hold(c, d, m, err, errlen);
+        if (d != NULL) {
+            hold(c, d, b);
+            return BM_ETIMEDOUT; /* nothing for the application yet */
+        }
     }
     *out = m;
     return BM_OK;
@@ -533,26 +535,49 @@ static int assigned_and_fresh(struct bm_consumer *c, const char *topic, int32_t 
     return fresh;
 }
 
-int bm_consumer_pause(struct bm_consumer *c, const char *topic, int32_t partition)
+/* A new, empty deferred pause; NULL when out of memory. */
+static struct deferred *add_deferred(struct bm_consumer *c, const char *topic,
+                                     int32_t partition)
 {
-    if (deferred_find(c, topic, partition) != NULL)
-        return BM_OK; /* already paused */
-    /* In on_assign the position may still be the one of an earlier
-     * assignment of the same partition: defer there whatever it says. */
-    if (!c->in_assign && !assigned_and_fresh(c, topic, partition))
-        return pause_resume(c, topic, partition, 1);
     if (c->ndef == c->capdef) {
         size_t nc = c->capdef ? c->capdef * 2 : 8;
         struct deferred *nd = realloc(c->def, nc * sizeof *nd);
         if (nd == NULL)
-            return BM_ENOMEM;
+            return NULL;
         c->def = nd;
         c->capdef = nc;
     }
     char *t = strdup(topic);
     if (t == NULL)
+        return NULL;
+    c->def[c->ndef] = (struct deferred){t, partition, 0, NULL, NULL};
+    return &c->def[c->ndef++];
+}
+
+int bm_consumer_pause(struct bm_consumer *c, const char *topic, int32_t partition)
+{
+    if (deferred_find(c, topic, partition) != NULL)
+        return BM_OK; /* already paused */
+    /* In on_assign the position may still be the one of an earlier
+     * assignment of the same partition: defer there whatever it says.
+     * Messages a resume left in the ready queue were consumed from
+     * librdkafka already (a real pause alone would resume after them):
+     * they go back to being held. */
+    int ready = 0;
+    for (struct held *h = c->ready; h != NULL && !ready; h = h->next)
+        ready = h->m.partition == partition && strcmp(h->m.topic, topic) == 0;
+    if (!ready && !c->in_assign && !assigned_and_fresh(c, topic, partition))
+        return pause_resume(c, topic, partition, 1);
+    struct deferred *d = add_deferred(c, topic, partition);
+    if (d == NULL)
         return BM_ENOMEM;
-    c->def[c->ndef++] = (struct deferred){t, partition, 0, NULL, NULL};
+    if (ready) {
+        d->head = ready_take(c, topic, partition);
+        for (d->tail = d->head; d->tail->next != NULL; d->tail = d->tail->next)
+            ;
+        if (pause_resume(c, topic, partition, 1) == BM_OK)
+            d->real = 1; /* else the next message held tries again */
+    }
     return BM_OK;
 }
 

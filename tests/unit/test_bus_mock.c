@@ -415,6 +415,14 @@ static void test_held_messages_come_first_in_order(void **state)
     for (int p = 0; p < 2; p++)
         assert_int_equal(bm_consumer_resume(c, topic, p), BM_OK);
     assert_int_equal(bm_consumer_resume(c, topic, 0), BM_OK);
+    /* Paused again before the held messages were polled: they are held
+     * again, not lost and not handed out while paused. */
+    for (int p = 0; p < 2; p++)
+        assert_int_equal(bm_consumer_pause(c, topic, p), BM_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_not_equal(bm_consumer_poll(c, 50, &m, err, sizeof err), BM_OK);
+    for (int p = 0; p < 2; p++)
+        assert_int_equal(bm_consumer_resume(c, topic, p), BM_OK);
     int64_t next[2] = {0, 0};
     consume_in_order(c, topic, NMSG, next, 2);
     assert_int_equal((int)(next[0] + next[1]), NMSG);
