@@ -1,26 +1,25 @@
 /* Consumer lag from broker watermarks, sampled by the loader thread.
  *
- * bus.h has no watermark query, so this file keeps its own small librdkafka
- * handle (same brokers and kafka: properties, no group) and calls
- * rd_kafka_query_watermark_offsets for each assigned partition. Lag is the
- * high watermark minus the next offset the worker will consume (last polled
- * + 1); partitions not polled yet are left out. The sum over a shard's
+ * A group-less bus consumer (same brokers and kafka: properties) asks each
+ * assigned partition's leader for its high watermark. Lag is the high
+ * watermark minus the next offset the worker will consume (last polled +
+ * 1); partitions not polled yet are left out. The sum over a shard's
  * assigned replica partitions is the gauge biomatch_worker_consumer_lag
- * {gallery, shard}. Runs off the poll thread because the query blocks. */
+ * {gallery, shard}. Runs off the poll thread because the query blocks, on
+ * its own handle so it never waits behind the poll loop. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <librdkafka/rdkafka.h>
-
+#include "bus/bus.h"
 #include "common/err.h"
 #include "obs/metrics.h"
 #include "worker.h"
 
 struct wk_lag {
-    rd_kafka_t *rk;
+    struct bm_consumer *c;
 };
 
 struct lag_item {
@@ -32,33 +31,17 @@ struct lag_item {
 
 struct wk_lag *wk_lag_new(struct wk *w, char *err, size_t errlen)
 {
-    char msg[256];
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(c, "bootstrap.servers", w->busconf.bootstrap_servers, msg,
-                          sizeof msg) != RD_KAFKA_CONF_OK)
-        goto bad;
-    for (size_t i = 0; i < w->busconf.nprops; i++)
-        if (rd_kafka_conf_set(c, w->busconf.props[i].key, w->busconf.props[i].value, msg,
-                              sizeof msg) != RD_KAFKA_CONF_OK)
-            goto bad;
-    rd_kafka_conf_set(c, "log_level", "3", msg, sizeof msg);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, msg, sizeof msg);
-    if (rk == NULL) {
-        bm_seterr(err, errlen, BM_EKAFKA, "lag handle: %s", msg);
-        return NULL;
-    }
     struct wk_lag *l = calloc(1, sizeof *l);
     if (l == NULL) {
-        rd_kafka_destroy(rk);
         bm_seterr(err, errlen, BM_ENOMEM, "lag handle: out of memory");
         return NULL;
     }
-    l->rk = rk;
+    l->c = bm_consumer_new(&w->busconf, NULL, NULL, NULL, err, errlen);
+    if (l->c == NULL) {
+        free(l);
+        return NULL;
+    }
     return l;
-bad:
-    rd_kafka_conf_destroy(c);
-    bm_seterr(err, errlen, BM_EKAFKA, "lag handle: %s", msg);
-    return NULL;
 }
 
 void wk_lag_sample(struct wk *w, struct wk_lag *l)
@@ -88,8 +71,8 @@ void wk_lag_sample(struct wk *w, struct wk_lag *l)
         int64_t lo = 0, hi = 0;
         if (items[i].next < 0)
             continue;
-        if (rd_kafka_query_watermark_offsets(l->rk, items[i].topic, items[i].partition, &lo, &hi,
-                                             1000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        if (bm_consumer_watermarks(l->c, items[i].topic, items[i].partition, 1000, &lo, &hi,
+                                   NULL, 0) != BM_OK)
             continue;
         if (hi > items[i].next)
             bm_gauge_add(items[i].shard->lag, (double)(hi - items[i].next));
@@ -101,6 +84,6 @@ void wk_lag_free(struct wk_lag *l)
 {
     if (l == NULL)
         return;
-    rd_kafka_destroy(l->rk);
+    bm_consumer_free(l->c);
     free(l);
 }

@@ -303,6 +303,15 @@ int bm_consumer_resume(struct bm_consumer *c, const char *topic,
 int bm_consumer_assignment(struct bm_consumer *c, struct bm_bus_tp **out,
                            size_t *n);
 
+/* The low and high watermarks of 'topic' [partition], asked of its leader
+ * (any partition, assigned or not): *high is the offset the next record
+ * will get, so high minus a consumer's next offset is its lag. Returns
+ * BM_OK, BM_ETIMEDOUT or BM_EKAFKA. Blocks up to 'timeout_ms'.
+ * Thread: any. */
+int bm_consumer_watermarks(struct bm_consumer *c, const char *topic,
+                           int32_t partition, int timeout_ms, int64_t *low,
+                           int64_t *high, char *err, size_t errlen);
+
 /* Like bm_producer_fatal: a fatal consumer error (e.g. a static member was
  * fenced by another instance with the same group.instance.id). Thread: any. */
 int bm_consumer_fatal(const struct bm_consumer *c, char *err, size_t errlen);

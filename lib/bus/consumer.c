@@ -608,6 +608,23 @@ int bm_consumer_assignment(struct bm_consumer *c, struct bm_bus_tp **out,
     return rc;
 }
 
+int bm_consumer_watermarks(struct bm_consumer *c, const char *topic, int32_t partition,
+                           int timeout_ms, int64_t *low, int64_t *high, char *err,
+                           size_t errlen)
+{
+    int64_t lo = 0, hi = 0;
+    rd_kafka_resp_err_t e =
+        rd_kafka_query_watermark_offsets(c->rk, topic, partition, &lo, &hi, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return bm_seterr(err, errlen,
+                         bm_bus_err_map(e) == BM_ETIMEDOUT ? BM_ETIMEDOUT : BM_EKAFKA,
+                         "watermarks of %s [%d]: %s", topic, (int)partition,
+                         rd_kafka_err2str(e));
+    *low = lo;
+    *high = hi;
+    return BM_OK;
+}
+
 int bm_consumer_fatal(const struct bm_consumer *c, char *err, size_t errlen)
 {
     char msg[512];

@@ -3,8 +3,8 @@
  * group.initial.rebalance.delay.ms=0): admin topic creation, a protobuf
  * round trip with headers, a cooperative-sticky handover between two group
  * members with offsets stored after processing, committed offsets that
- * survive a restart, and partitions paused in on_assign that all deliver
- * after their resume. Every wait is bounded; nothing asserts on speed. */
+ * survive a restart, partitions paused in on_assign that all deliver
+ * after their resume, and watermark queries. Every wait is bounded; nothing asserts on speed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -506,6 +506,47 @@ static void test_cooperative_handover_no_auto_commit(void **state)
     run_handover();
 }
 
+/* --------------------------------------------------------- watermarks */
+
+/* Watermarks of a partition the consumer does not own (the worker's lag
+ * gauge asks for them this way): high is the next offset, per partition;
+ * a partition that does not exist is an error, not a zero. */
+static void test_watermarks(void **state)
+{
+    (void)state;
+    char err[512], topic[128];
+    bm_test_unique(topic, sizeof topic, "bm.test.wm");
+    create_topic(topic, 2, NULL, 0);
+    struct bm_bus_conf pc = conf_plain();
+    struct bm_producer *prod = bm_producer_new(&pc, err, sizeof err);
+    assert_non_null(prod);
+    struct dr r = {0};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(bm_producer_send(prod, topic, 0, "k", 1, "v", 1, NULL, 0, on_dr, &r),
+                         BM_OK);
+    assert_int_equal(bm_producer_flush(prod, WAIT_MS), BM_OK);
+    assert_int_equal(r.ok, 5);
+    bm_producer_free(prod);
+
+    struct bm_consumer *c = bm_consumer_new(&pc, NULL, NULL, NULL, err, sizeof err);
+    assert_non_null(c);
+    int64_t lo = -1, hi = -1;
+    int rc = bm_consumer_watermarks(c, topic, 0, WAIT_MS, &lo, &hi, err, sizeof err);
+    if (rc != BM_OK)
+        fail_msg("watermarks: %s", err);
+    assert_int_equal(lo, 0);
+    assert_int_equal(hi, 5);
+    assert_int_equal(bm_consumer_watermarks(c, topic, 1, WAIT_MS, &lo, &hi, err, sizeof err),
+                     BM_OK);
+    assert_int_equal(lo, 0);
+    assert_int_equal(hi, 0);
+    lo = hi = -7;
+    assert_int_not_equal(bm_consumer_watermarks(c, topic, 9, 3000, &lo, &hi, err, sizeof err),
+                         BM_OK);
+    assert_true(lo == -7 && hi == -7); /* untouched on error */
+    bm_consumer_free(c);
+}
+
 /* ------------------------------------------------- pause in on_assign */
 
 #define PA_PARTS 16
@@ -624,6 +665,7 @@ int main(void)
         cmocka_unit_test(test_cooperative_handover),
         cmocka_unit_test(test_cooperative_handover_no_auto_commit),
         cmocka_unit_test(test_pause_on_assign_every_partition_delivers),
+        cmocka_unit_test(test_watermarks),
     };
     if (brokers == NULL || *brokers == '\0') {
         fprintf(stderr, "BIOMATCH_KAFKA_BROKERS is not set: run integration "
