@@ -2,11 +2,15 @@
  *
  * A group-less bus consumer (same brokers and kafka: properties) asks each
  * assigned partition's leader for its high watermark. Lag is the high
- * watermark minus the next offset the worker will consume (last polled +
- * 1); partitions not polled yet are left out. The sum over a shard's
- * assigned replica partitions is the gauge biomatch_worker_consumer_lag
- * {gallery, shard}. Runs off the poll thread because the query blocks, on
- * its own handle so it never waits behind the poll loop. */
+ * watermark minus the next offset the worker will consume: last polled + 1,
+ * or, for a partition that has delivered nothing yet (its shard may be
+ * failing to load), the group's committed offset (the low watermark when
+ * there is none). So a stuck partition shows its backlog instead of
+ * nothing. The sum over a shard's assigned replica partitions is the gauge
+ * biomatch_worker_consumer_lag{gallery, shard}. Runs off the poll thread
+ * because the queries block, on its own handle so they never wait behind
+ * the poll loop (the committed-offset query goes through the gallery's
+ * group consumer, which is safe from any thread). */
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdio.h>
@@ -22,10 +26,14 @@ struct wk_lag {
     struct bm_consumer *c;
 };
 
+#define LAG_UNKNOWN (-2)    /* committed offset unavailable: skip */
+#define LAG_FROM_START (-3) /* nothing committed: from the low watermark */
+
 struct lag_item {
     const char *topic;
     int32_t partition;
-    int64_t next;
+    int64_t next;                  /* -1: nothing polled yet, or LAG_* */
+    struct bm_consumer *group;     /* the gallery's consumer */
     struct wk_shard *shard;
 };
 
@@ -44,6 +52,35 @@ struct wk_lag *wk_lag_new(struct wk *w, char *err, size_t errlen)
     return l;
 }
 
+/* Replace next = -1 (nothing polled yet) by the group's committed offset,
+ * with one query per gallery. 'items' are grouped by gallery. */
+static void committed_offsets(struct lag_item *items, size_t n)
+{
+    for (size_t from = 0, to; from < n; from = to) {
+        size_t unpolled = 0;
+        for (to = from; to < n && items[to].group == items[from].group; to++)
+            unpolled += items[to].next < 0;
+        if (unpolled == 0)
+            continue;
+        struct bm_bus_tp *tps = calloc(unpolled, sizeof *tps);
+        size_t k = 0;
+        for (size_t i = from; tps != NULL && i < to; i++)
+            if (items[i].next < 0)
+                tps[k++] = (struct bm_bus_tp){items[i].topic, items[i].partition,
+                                              BM_OFFSET_INVALID};
+        int ok = tps != NULL &&
+                 bm_consumer_committed(items[from].group, tps, k, 1000, NULL, 0) == BM_OK;
+        k = 0;
+        for (size_t i = from; i < to; i++) {
+            if (items[i].next >= 0)
+                continue;
+            int64_t c = ok ? tps[k++].offset : BM_OFFSET_INVALID;
+            items[i].next = !ok ? LAG_UNKNOWN : c == BM_OFFSET_INVALID ? LAG_FROM_START : c;
+        }
+        free(tps);
+    }
+}
+
 void wk_lag_sample(struct wk *w, struct wk_lag *l)
 {
     size_t n = 0, cap = 0;
@@ -58,6 +95,7 @@ void wk_lag_sample(struct wk *w, struct wk_lag *l)
             items[n].topic = w->gal[i].topic;
             items[n].partition = p->partition;
             items[n].next = atomic_load(&p->next_offset);
+            items[n].group = w->gal[i].consumer;
             items[n].shard = p->shard;
             n++;
         }
@@ -67,15 +105,16 @@ void wk_lag_sample(struct wk *w, struct wk_lag *l)
     for (struct wk_shard *s = w->shards; s != NULL; s = s->next)
         bm_gauge_set(s->lag, 0);
     pthread_mutex_unlock(&w->lock);
+    committed_offsets(items, n);
     for (size_t i = 0; i < n; i++) {
         int64_t lo = 0, hi = 0;
-        if (items[i].next < 0)
-            continue;
-        if (bm_consumer_watermarks(l->c, items[i].topic, items[i].partition, 1000, &lo, &hi,
+        if (items[i].next == LAG_UNKNOWN ||
+            bm_consumer_watermarks(l->c, items[i].topic, items[i].partition, 1000, &lo, &hi,
                                    NULL, 0) != BM_OK)
             continue;
-        if (hi > items[i].next)
-            bm_gauge_add(items[i].shard->lag, (double)(hi - items[i].next));
+        int64_t next = items[i].next == LAG_FROM_START ? lo : items[i].next;
+        if (hi > next)
+            bm_gauge_add(items[i].shard->lag, (double)(hi - next));
     }
     free(items);
 }

@@ -22,4 +22,13 @@ void bm_test_unique(char *buf, size_t len, const char *prefix);
  * on speed). */
 int64_t bm_test_now_ms(void);
 
+/* Send "METHOD path HTTP/1.0" to 127.0.0.1:port; returns the status and
+ * copies the body (truncated) to 'body', or -1 when nothing listens there
+ * or no answer came within 5 s. */
+int bm_test_http(int port, const char *method, const char *path, char *body, size_t bodylen);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (for a child process
+ * whose HTTP port the test must know). */
+int bm_test_free_port(void);
+
 #endif /* BM_TESTUTIL_H */

@@ -9,7 +9,9 @@
  * identify and verify answers; a malformed task goes to the dlq and the
  * next task is still answered; a newly published manifest version is
  * followed (min_gallery_version) and an unreachable version answers
- * GALLERY_VERSION_UNAVAILABLE; SIGTERM exits 0 with every answered offset
+ * GALLERY_VERSION_UNAVAILABLE; a shard whose manifest is gone shows its
+ * backlog in the lag gauge and answers it once the manifest is back;
+ * SIGTERM exits 0 with every answered offset
  * committed (the next worker answers nothing twice); SIGKILL mid-stream
  * loses nothing (a new worker redelivers). Every wait is bounded. */
 #define _POSIX_C_SOURCE 200809L
@@ -691,6 +693,77 @@ static void test_follows_manifest(void **state)
                      BIOMATCH__V1__ERROR_CODE__ERROR_CODE_GALLERY_VERSION_UNAVAILABLE);
 }
 
+/* biomatch_worker_consumer_lag{shard} read from the worker's /metrics on
+ * 'port'; -1 when the series is not there (yet). */
+static double lag_of(int port, uint32_t shard)
+{
+    static char body[1 << 20];
+    if (bm_test_http(port, "GET", "/metrics", body, sizeof body) != 200)
+        return -1;
+    char series[256];
+    snprintf(series, sizeof series, "biomatch_worker_consumer_lag{gallery=\"%s\",shard=\"%u\"} ",
+             gallery, shard);
+    const char *at = strstr(body, series);
+    return at != NULL ? strtod(at + strlen(series), NULL) : -1;
+}
+
+/* Wait (bounded: lag is sampled every 5 s) until the shard's lag is 'want'. */
+static void await_lag(int port, uint32_t shard, double want)
+{
+    double lag = -1;
+    int64_t end = bm_test_now_ms() + WAIT_MS;
+    while ((lag = lag_of(port, shard)) != want && bm_test_now_ms() < end) {
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (lag != want)
+        fail_msg("shard %u: lag %g, expected %g", shard, lag, want);
+}
+
+static void rename_key(const char *from, const char *to)
+{
+    struct bm_redis_reply *r = NULL;
+    assert_int_equal(bm_redis_cmd(redis, &r, "RENAME", from, to, NULL), BM_OK);
+    bm_redis_reply_free(r);
+}
+
+/* A shard that cannot be loaded (its manifest gone from Redis) keeps its
+ * partitions silent, and their backlog shows in the lag gauge, counted
+ * from the group's committed offset since nothing was polled; once the
+ * manifest is back the backlog is answered and the lag drops to 0. */
+static void test_lag_shows_a_stuck_shard(void **state)
+{
+    (void)state;
+    assert_true(worker_pid > 0);
+    kill(worker_pid, SIGTERM);
+    int st = wait_worker(30000);
+    assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    char key[256], hidden[300], portstr[16];
+    assert_int_equal(bm_key_manifest(key, sizeof key, gallery, 1), BM_OK);
+    snprintf(hidden, sizeof hidden, "%s.hidden", key);
+    rename_key(key, hidden);
+    int port = bm_test_free_port();
+    snprintf(portstr, sizeof portstr, "%d", port);
+    setenv("BIOMATCH_HTTP_PORT", portstr, 1);
+    start_worker();
+    setenv("BIOMATCH_HTTP_PORT", "0", 1);
+
+    size_t from = njobs;
+    for (int i = 0; i < 5; i++)
+        submit(1, 0, BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 1, -1, 3, 0, 0.0f, NULL, 0,
+               0);
+    /* 5, not 0: had the worker polled them, the gauge would count from
+     * its own position, past them. */
+    await_lag(port, 1, 5);
+
+    rename_key(hidden, key);
+    await_answers(from, njobs, WAIT_MS);
+    for (size_t i = from; i < njobs; i++)
+        assert_int_equal(jobs[i].first->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK);
+    await_lag(port, 1, 0);
+}
+
 static void test_sigterm_commits(void **state)
 {
     (void)state;
@@ -757,6 +830,7 @@ int main(void)
         cmocka_unit_test(test_identify_and_verify),
         cmocka_unit_test(test_malformed_goes_to_dlq),
         cmocka_unit_test(test_follows_manifest),
+        cmocka_unit_test(test_lag_shows_a_stuck_shard),
         cmocka_unit_test(test_sigterm_commits),
         cmocka_unit_test(test_sigkill_redelivers),
     };

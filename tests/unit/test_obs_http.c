@@ -1,55 +1,23 @@
 /* obs/http: the in-process server answers /metrics, /livez and /readyz over
- * loopback; a plain socket client speaks HTTP/1.0 to it. */
+ * loopback; a plain socket client (bm_test_http) speaks HTTP/1.0 to it. */
 #include "testutil.h"
 
 #include "common/err.h"
 #include "obs/http.h"
 #include "obs/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
-/* GET 'path' and return the status; the body is copied to 'body'. Every
- * socket operation is bounded by a 5 s poll. */
+/* Like bm_test_http, but a failure to connect or to get an answer fails
+ * the test. */
 static int http_get(int port, const char *method, const char *path, char *body, size_t bodylen)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    char req[256];
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: localhost\r\n\r\n", method, path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    char resp[65536];
-    size_t got = 0;
-    for (;;) {
-        struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, 5000) != 1)
-            fail_msg("no answer within 5 s");
-        ssize_t r = read(fd, resp + got, sizeof resp - 1 - got);
-        assert_true(r >= 0);
-        if (r == 0)
-            break;
-        got += (size_t)r;
-        assert_true(got < sizeof resp - 1);
-    }
-    close(fd);
-    resp[got] = '\0';
-    int status = 0;
-    assert_int_equal(sscanf(resp, "HTTP/1.%*d %d", &status), 1);
-    const char *sep = strstr(resp, "\r\n\r\n");
-    assert_non_null(sep);
-    snprintf(body, bodylen, "%s", sep + 4);
+    int status = bm_test_http(port, method, path, body, bodylen);
+    if (status < 0)
+        fail_msg("%s %s on port %d: no answer", method, path, port);
     return status;
 }
 
