@@ -12,7 +12,9 @@
  * format exactly once, here (L2-normalised, then f32/f16/int8 with a
  * per-vector scale, by the matcher's own bm_segment_add_dense), so the log
  * holds the stored bytes and the builder and every rebuild copy them
- * verbatim (docs/storage.md section 7).
+ * verbatim (docs/storage.md section 7). With an at-rest key configured the
+ * record's value is sealed (crypto/atrest.h, bound to gallery, shard and
+ * subject id), so the log holds no template in the clear either.
  *
  * Pipelining: records are cut into batches (ENROLL_BATCH_MAX records or
  * ENROLL_BATCH_MS), and up to ENROLL_INFLIGHT batches wait for their
@@ -39,6 +41,8 @@
 #include "conf/conf.h"
 #include "conf/policy.h"
 #include "conf/topics.h"
+#include "crypto/atrest.h"
+#include "crypto/keyring.h"
 #include "gallery.h"
 #include "match/gallery.h"
 #include "obs/log.h"
@@ -110,6 +114,7 @@ struct enroll {
     struct bm_counter *m_rejected;
     struct bm_counter *m_deleted;
     struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
+    struct bm_keyring *keyring; /* at-rest keys; NULL: records in the clear */
 };
 
 /* ------------------------------------------------------------ galleries */
@@ -554,6 +559,21 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
             bm_wire_free(pm);
             return BM_ENOMEM;
         }
+        if (bm_keyring_current_id(e->keyring) != NULL) {
+            uint8_t *sealed = NULL;
+            size_t slen = 0;
+            rc = bm_atrest_seal_record(e->keyring, g->name, shard, req->subject_id, sidlen, buf,
+                                       len, &sealed, &slen, why, sizeof why);
+            free(buf);
+            if (rc != BM_OK) { /* out of memory: a validated template always fits */
+                BM_LOGF(BM_LOG_ERROR, "enroll: sealing a gallery record failed",
+                        BM_LF_STR("gallery", g->name), BM_LF_STR("error", why));
+                bm_wire_free(pm);
+                return rc; /* transient: consumed again */
+            }
+            buf = sealed;
+            len = slen;
+        }
         char ct[160];
         struct bm_bus_headers h;
         bm_bus_headers_init(&h);
@@ -760,6 +780,7 @@ static void enroll_free(struct enroll *e)
     bm_audit_free(e->audit);
     bm_redis_close(e->redis);
     bm_policy_destroy(e->policy);
+    bm_keyring_free(e->keyring);
     free(e->props);
     free(e);
 }
@@ -795,6 +816,10 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
         BM_LOGF(BM_LOG_WARN, "no security.policy_file: every agency may use every gallery",
                 BM_LF_STR("role", "gallery"));
     }
+    /* The builder (same role) logs the keyring's state and warnings. */
+    e->keyring = bm_keyring_from_conf(conf, &rc, err, sizeof err);
+    if (rc != BM_OK)
+        goto fail;
     e->m_accepted = bm_metrics_counter(ctx->metrics, "biomatch_enroll_accepted_total",
                                        "Enrollment requests accepted onto gallery logs",
                                        NULL, err, sizeof err);

@@ -392,12 +392,32 @@ static int buffer_keyed(struct bm_gshard *sh, struct sbuf *b, int64_t offset, ui
     }
     float scale = 1.0f;
     if (!del) {
-        Biomatch__V1__GalleryChange *ch = bm_wire_decode_gallery_change(
-            value, valuelen, BM_WIRE_DEFAULT_MAX_BYTES, err, sizeof err);
+        /* Sealed by intake when an at-rest key is configured. */
+        const uint8_t *plain = NULL;
+        size_t plainlen = 0;
+        uint8_t *owned = NULL;
+        int orc = bm_atrest_open_record(sh->env.keyring, sh->gallery, sh->shard, key, keylen,
+                                        value, valuelen, &plain, &plainlen, &owned, err,
+                                        sizeof err);
+        if (orc == BM_EUNSUPPORTED || orc == BM_ENOMEM) {
+            /* A key this process lacks: skipping would build shards
+             * without these subjects. Fail loudly until it is configured. */
+            BM_LOGF(BM_LOG_ERROR, "gallery record cannot be opened",
+                    BM_LF_STR("gallery", sh->gallery), BM_LF_INT("shard", sh->shard),
+                    BM_LF_INT("offset", offset), BM_LF_STR("error", err));
+            return orc;
+        }
+        Biomatch__V1__GalleryChange *ch = NULL;
+        if (orc == BM_OK)
+            ch = bm_wire_decode_gallery_change(plain, plainlen, BM_WIRE_DEFAULT_MAX_BYTES, err,
+                                               sizeof err);
+        free(owned);
         if (ch != NULL && bm_gallery_stored_check(&sh->spec, ch->template_, err, sizeof err) ==
                               BM_OK) {
             scale = bm_gallery_template_row(&sh->spec, ch->template_, sh->row);
         } else {
+            /* Undecodable, not in storage form, or sealed for another
+             * place (altered or moved): reading it again cannot help. */
             bm_wire_free_gallery_change(ch);
             bm_counter_inc(sh->c_skipped);
             BM_LOGF(BM_LOG_WARN, "gallery record not in storage form skipped",

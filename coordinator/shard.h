@@ -57,10 +57,13 @@ struct bm_gshard *bm_gshard_open(const struct bm_gshard_env *env,
 void bm_gshard_free(struct bm_gshard *sh);
 
 /* Buffer one record of the shard's log (key = subject id, value NULL = a
- * delete). Records below the manifest's log_offset, and records older
- * than the buffered change of the same subject, are ignored. A record
- * that does not decode or is not in the gallery's storage form is skipped
- * with a warning (BM_OK: it cannot be fixed by reading it again). */
+ * delete; the value may be sealed, crypto/atrest.h). Records below the
+ * manifest's log_offset, and records older than the buffered change of
+ * the same subject, are ignored. A record that does not decode, is not in
+ * the gallery's storage form, or does not authenticate is skipped with a
+ * warning (BM_OK: it cannot be fixed by reading it again). A record sealed
+ * under a key id the keyring lacks is BM_EUNSUPPORTED: the caller stops
+ * rather than build shards without it. */
 int bm_gshard_add(struct bm_gshard *sh, int64_t offset, const void *key, size_t keylen,
                   const void *value, size_t valuelen);
 

@@ -1,5 +1,6 @@
-/* The at-rest envelope: how a segment blob is stored in Redis when a key
- * is configured (docs/storage.md "Encryption at rest", byte by byte).
+/* The at-rest envelope: how a segment blob is stored in Redis, and a
+ * gallery change in the gallery's Kafka log, when a key is configured
+ * (docs/storage.md "Encryption at rest", byte by byte).
  *
  * The value at bm:{<gallery>:<shard>}:seg:<id> is either a plaintext
  * segment blob (it starts with "BMSEG\r\n\x1a") or an envelope (it starts
@@ -10,6 +11,11 @@
  * does not authenticate. The segment format itself is unchanged, and the
  * manifest's SegmentRef.sha256 stays the digest of the plaintext blob,
  * checked by the segment decoder after opening.
+ *
+ * A gallery log record's value (an encoded GalleryChange) is sealed the
+ * same way, its AAD binding gallery, shard and the record's subject id
+ * (its Kafka key), so a sealed template moved to another subject or shard
+ * does not authenticate. A delete (tombstone) has no value to seal.
  *
  * Invariant: bm_atrest_open returns plaintext only after the tag verified
  * under the key the envelope names, for the place the caller expects.
@@ -69,5 +75,22 @@ int bm_atrest_open(const struct bm_keyring *kr, const char *gallery, uint32_t sh
                    uint64_t segment_id, const char *expect_key_id, const void *val, size_t len,
                    const uint8_t **plain, size_t *plainlen, uint8_t **owned, char *err,
                    size_t errlen);
+
+/* The same for the value of a gallery log record of subject id 'subject'
+ * ('subject_len' bytes, 1..1024: the record's key) in partition 'shard' of
+ * gallery 'gallery'. Same results as bm_atrest_seal. */
+int bm_atrest_seal_record(const struct bm_keyring *kr, const char *gallery, uint32_t shard,
+                          const char *subject, size_t subject_len, const uint8_t *val,
+                          size_t len, uint8_t **out, size_t *outlen, char *err, size_t errlen);
+
+/* Open a gallery log record's value: a plaintext value (not an envelope,
+ * as written without a key) is returned as is (borrowed, *owned NULL);
+ * an envelope is opened as bm_atrest_open does, with the same results
+ * (BM_EUNSUPPORTED: the keyring lacks the key id it names; BM_ECHECKSUM:
+ * it does not authenticate for this gallery, shard and subject). */
+int bm_atrest_open_record(const struct bm_keyring *kr, const char *gallery, uint32_t shard,
+                          const char *subject, size_t subject_len, const void *val, size_t len,
+                          const uint8_t **plain, size_t *plainlen, uint8_t **owned, char *err,
+                          size_t errlen);
 
 #endif /* BM_ATREST_H */

@@ -1,4 +1,5 @@
-/* The wire-layer fuzz harnesses, callable two ways.
+/* The fuzz harnesses of the wire decoders and the at-rest envelope reader,
+ * callable two ways.
  *
  * With -DBM_FUZZ=ON (clang), each fuzz_*.c also defines
  * LLVMFuzzerTestOneInput and becomes a libFuzzer binary. Without it, the
@@ -17,6 +18,7 @@
 int bm_fuzz_envelope(const uint8_t *data, size_t size);
 int bm_fuzz_decode_job(const uint8_t *data, size_t size);
 int bm_fuzz_template(const uint8_t *data, size_t size);
+int bm_fuzz_atrest(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

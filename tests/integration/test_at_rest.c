@@ -13,7 +13,15 @@
  *  4. rotation: a keyring {k2 current, k1 previous} loads the k1 shards;
  *     the coordinator restarted with that configuration seals new
  *     segments under k2, compaction converges every segment on k2, and a
- *     keyring holding only k2 then loads everything. */
+ *     keyring holding only k2 then loads everything;
+ *  5. the gallery's Kafka log holds every template sealed too (no template
+ *     bytes or subject id in any value; each opens, bound to its subject
+ *     and shard, into the change intake made): under k1 before the
+ *     rotation, under k2 for what was enrolled after it;
+ *  6. a coordinator that lacks k1 must not rebuild a shard from that log
+ *     (it would publish the shard without its k1 subjects): with a segment
+ *     deleted, nothing is published for a while; given k1 back as a
+ *     previous key, it rebuilds the shard whole, under k2. */
 #include "test_gallery_util.h"
 
 #include <fcntl.h>
@@ -22,6 +30,7 @@
 #include "crypto/atrest.h"
 #include "crypto/keyring.h"
 #include "store/loader.h"
+#include "wire/decode.h"
 
 #define SHARDS 2
 #define N1 24
@@ -268,6 +277,80 @@ static int load_all(struct gt *g, const struct bm_keyring *kr, int nsubj, char *
     return rc;
 }
 
+/* Read the gallery's Kafka log to its end: every upsert value must be an
+ * envelope (subjects below 'n_k1' under k1, the others under k2), leak
+ * neither the template nor the subject id, and open with 'kr' -- bound to
+ * its key and partition -- into a GalleryChange carrying that subject and
+ * the row intake stores. Returns the number of records checked. */
+static int check_log(struct gt *g, const struct bm_keyring *kr, int n_k1)
+{
+    char err[512], id[64];
+    uint8_t row[512];
+    float scale;
+    struct bm_bus_conf c = gt_bus();
+    struct bm_consumer *k = bm_consumer_new(&c, NULL, NULL, NULL, err, sizeof err);
+    assert_non_null(k);
+    int checked = 0;
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        int64_t lo = 0, hi = 0;
+        assert_int_equal(bm_consumer_watermarks(k, g->t_gallery, (int32_t)s, GT_WAIT_MS, &lo, &hi,
+                                                err, sizeof err),
+                         BM_OK);
+        struct bm_bus_tp tp = {g->t_gallery, (int32_t)s, lo};
+        assert_int_equal(bm_consumer_assign(k, &tp, 1, err, sizeof err), BM_OK);
+        int64_t next = lo;
+        long long end = bm_test_now_ms() + GT_WAIT_MS;
+        while (next < hi && bm_test_now_ms() < end) {
+            struct bm_bus_msg *m = NULL;
+            if (bm_consumer_poll(k, 100, &m, err, sizeof err) != BM_OK)
+                continue;
+            next = m->offset + 1;
+            assert_true(m->keylen > 0 && m->keylen < sizeof id);
+            memcpy(id, m->key, m->keylen);
+            id[m->keylen] = '\0';
+            int j = -1;
+            assert_int_equal(sscanf(id, "at-rest-subject-%d", &j), 1);
+            assert_true(m->value != NULL);
+            const uint8_t *val = m->value;
+            assert_true(bm_atrest_is_sealed(val, m->valuelen));
+            char kid[BM_KEYRING_ID_MAX + 1];
+            assert_int_equal(bm_atrest_key_id(val, m->valuelen, kid, err, sizeof err), BM_OK);
+            assert_string_equal(kid, j < n_k1 ? "k1" : "k2");
+            gt_expected_row(g, (uint64_t)j, row, &scale);
+            if (leaks(val, m->valuelen, row, id))
+                fail_msg("gallery log record of subject %d holds its template or id in "
+                         "plaintext", j);
+            const uint8_t *plain = NULL;
+            size_t plainlen = 0;
+            uint8_t *owned = NULL;
+            /* Bound to its place: not openable as another subject's. */
+            assert_int_equal(bm_atrest_open_record(kr, g->gallery, s, "at-rest-subject-x", 17, val,
+                                                   m->valuelen, &plain, &plainlen, &owned, err,
+                                                   sizeof err),
+                             BM_ECHECKSUM);
+            int rc = bm_atrest_open_record(kr, g->gallery, s, id, m->keylen, val, m->valuelen,
+                                           &plain, &plainlen, &owned, err, sizeof err);
+            if (rc != BM_OK)
+                fail_msg("open gallery log record: %s", err);
+            Biomatch__V1__GalleryChange *ch =
+                bm_wire_decode_gallery_change(plain, plainlen, 1 << 20, err, sizeof err);
+            assert_non_null(ch);
+            assert_string_equal(ch->subject_id, id);
+            assert_non_null(ch->template_);
+            assert_non_null(ch->template_->dense);
+            assert_int_equal(ch->template_->dense->data.len, 512);
+            assert_memory_equal(ch->template_->dense->data.data, row, 512);
+            bm_wire_free_gallery_change(ch);
+            free(owned);
+            bm_bus_msg_free(m);
+            checked++;
+        }
+        assert_int_equal(next, hi);
+    }
+    bm_consumer_free(k);
+    return checked;
+}
+
 static void enroll_range(struct gt *g, int from, int to)
 {
     char id[64];
@@ -345,6 +428,39 @@ static void test_at_rest(void **state)
     assert_int_equal(load_all(&g, only2, N1 + N2, err, sizeof err), BM_OK);
     assert_int_equal(load_all(&g, k1, N1 + N2, err, sizeof err), BM_EUNSUPPORTED);
     assert_non_null(strstr(err, "'k2'"));
+    assert_int_equal(gt_stop(&g, SIGTERM), 0);
+
+    /* 5: the Kafka log. Records are not re-sealed on rotation: the k1
+     * ones need k1 for as long as they are in the log. */
+    assert_int_equal(check_log(&g, rotated, N1), N1 + N2);
+
+    /* 6: only k2 configured, and shard 0 loses a segment. The owner
+     * notices within about 2 s and reads the whole log to rebuild; the k1
+     * records stop it. 8 s without a new manifest version (a rebuild
+     * takes well under a second here); then with k1 back it rebuilds. */
+    write_conf(&g, "k2", k2path, NULL);
+    gt_start(&g);
+    struct bm_manifest *m0 = get_manifest(&g, 0);
+    assert_non_null(m0);
+    assert_true(m0->nsegments > 0);
+    uint64_t v0 = m0->version;
+    char seg[BM_KEY_MAX];
+    bm_key_segment(seg, sizeof seg, g.gallery, 0, m0->segments[0].id);
+    bm_manifest_free(m0);
+    assert_int_equal(bm_redis_del(g.redis, seg, strlen(seg)), BM_OK);
+    gt_sleep_ms(8000);
+    m0 = get_manifest(&g, 0);
+    assert_non_null(m0);
+    assert_int_equal(m0->version, v0);
+    bm_manifest_free(m0);
+    assert_int_equal(gt_stop(&g, SIGTERM), 0);
+    write_conf(&g, "k2", k2path, prev);
+    gt_start(&g);
+    wait_stored(&g, rotated, N1 + N2, "k1 k2", 0, 1, GT_WAIT_MS * 2);
+    m0 = get_manifest(&g, 0);
+    assert_true(m0->version > v0);
+    bm_manifest_free(m0);
+    assert_int_equal(load_all(&g, only2, N1 + N2, err, sizeof err), BM_OK);
     assert_int_equal(gt_stop(&g, SIGTERM), 0);
 
     bm_keyring_free(k1);

@@ -518,6 +518,87 @@ static void test_rotation(void **state)
     bm_keyring_free(after);
 }
 
+static void expect_open_record(const struct bm_keyring *kr, const char *g, uint32_t shard,
+                               const char *subject, const uint8_t *env, size_t len, int want,
+                               const uint8_t *val, size_t vallen)
+{
+    const uint8_t *plain = NULL;
+    size_t plainlen = 0;
+    uint8_t *owned = NULL;
+    int rc = bm_atrest_open_record(kr, g, shard, subject, subject ? strlen(subject) : 0, env,
+                                   len, &plain, &plainlen, &owned, err, sizeof err);
+    if (rc != want)
+        fail_msg("open record: %s, wanted %s (%s)", bm_strerror(rc), bm_strerror(want), err);
+    if (rc == BM_OK) {
+        assert_int_equal(plainlen, vallen);
+        assert_memory_equal(plain, val, vallen);
+    } else {
+        assert_null(plain);
+        assert_null(owned);
+    }
+    free(owned);
+}
+
+/* Gallery log records: bound to gallery, shard and subject id; never
+ * interchangeable with a segment envelope; plaintext passes through. */
+static void test_record_envelope(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    uint8_t val[N];
+    fill(val, N, 5);
+    struct bm_keyring *kr = ring("k1", KEY1, NULL, NULL);
+    uint8_t *env = NULL;
+    size_t len = 0;
+    const char *subj = "subject-0001";
+    assert_int_equal(bm_atrest_seal_record(kr, "faces", 3, subj, strlen(subj), val, N, &env,
+                                           &len, err, sizeof err),
+                     BM_OK);
+    assert_int_equal(len, N + BM_ATREST_OVERHEAD(2));
+    assert_true(bm_atrest_is_sealed(env, len));
+    for (size_t i = 0; i + 16 <= N; i += 16)
+        for (size_t j = 0; j + 16 <= len; j++)
+            assert_false(memcmp(env + j, val + i, 16) == 0);
+    expect_open_record(kr, "faces", 3, subj, env, len, BM_OK, val, N);
+    /* Another subject, shard or gallery: it does not authenticate. */
+    expect_open_record(kr, "faces", 3, "subject-0002", env, len, BM_ECHECKSUM, NULL, 0);
+    expect_open_record(kr, "faces", 3, "subject-000", env, len, BM_ECHECKSUM, NULL, 0);
+    expect_open_record(kr, "faces", 2, subj, env, len, BM_ECHECKSUM, NULL, 0);
+    expect_open_record(kr, "faces2", 3, subj, env, len, BM_ECHECKSUM, NULL, 0);
+    /* A record envelope is not a segment envelope, nor the reverse. */
+    expect_open(kr, "faces", 3, 0, NULL, env, len, BM_ECHECKSUM, NULL, 0);
+    uint8_t *senv = NULL;
+    size_t slen = 0;
+    assert_int_equal(bm_atrest_seal(kr, "faces", 3, 7, val, N, &senv, &slen, err, sizeof err),
+                     BM_OK);
+    expect_open_record(kr, "faces", 3, subj, senv, slen, BM_ECHECKSUM, NULL, 0);
+    free(senv);
+    /* Tampered, truncated; a keyring without k1 names it. */
+    env[len / 2] ^= 1;
+    expect_open_record(kr, "faces", 3, subj, env, len, BM_ECHECKSUM, NULL, 0);
+    env[len / 2] ^= 1;
+    expect_open_record(kr, "faces", 3, subj, env, 14, BM_EPROTO, NULL, 0);
+    expect_open_record(NULL, "faces", 3, subj, env, len, BM_EUNSUPPORTED, NULL, 0);
+    assert_non_null(strstr(err, "'k1'"));
+    /* A record written without a key is read as is. */
+    expect_open_record(kr, "faces", 3, subj, val, N, BM_OK, val, N);
+    expect_open_record(NULL, "faces", 3, subj, val, N, BM_OK, val, N);
+    /* Bad arguments. */
+    expect_open_record(kr, "faces", 3, NULL, env, len, BM_EINVAL, NULL, 0);
+    expect_open_record(kr, "faces", 3, "", env, len, BM_EINVAL, NULL, 0);
+    uint8_t *e2 = NULL;
+    size_t l2 = 0;
+    assert_int_equal(bm_atrest_seal_record(kr, "faces", 3, NULL, 0, val, N, &e2, &l2, err,
+                                           sizeof err),
+                     BM_EINVAL);
+    assert_null(e2);
+    assert_int_equal(bm_atrest_seal_record(NULL, "faces", 3, subj, strlen(subj), val, N, &e2,
+                                           &l2, err, sizeof err),
+                     BM_EINVAL);
+    free(env);
+    bm_keyring_free(kr);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -529,6 +610,7 @@ int main(void)
         cmocka_unit_test(test_keyring_from_conf),
         cmocka_unit_test(test_envelope),
         cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_record_envelope),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

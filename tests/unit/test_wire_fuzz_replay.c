@@ -15,6 +15,7 @@
 
 #define BM_FUZZ_REPLAY 1
 #include "../fuzz/fuzz.h"
+#include "../fuzz/fuzz_atrest.c"
 #include "../fuzz/fuzz_decode_job.c"
 #include "../fuzz/fuzz_envelope.c"
 #include "../fuzz/fuzz_template.c"
@@ -110,6 +111,12 @@ static void test_replay_decode_job(void **state)
     assert_true(replay("decode_job", bm_fuzz_decode_job) > 0);
 }
 
+static void test_replay_atrest(void **state)
+{
+    (void)state;
+    assert_true(replay("atrest", bm_fuzz_atrest) > 0);
+}
+
 static void test_replay_template(void **state)
 {
     (void)state;
@@ -122,6 +129,7 @@ int main(void)
         cmocka_unit_test(test_replay_envelope),
         cmocka_unit_test(test_replay_decode_job),
         cmocka_unit_test(test_replay_template),
+        cmocka_unit_test(test_replay_atrest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
