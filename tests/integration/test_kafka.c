@@ -294,6 +294,20 @@ struct member {
 
 static int times_done[NREB + 20]; /* processing count per message index */
 
+/* The message's value as the decimal index it carries, checked to be in
+ * [0, limit). */
+static long value_index(const struct bm_bus_msg *msg, long limit)
+{
+    char v[32];
+    assert_true(msg->valuelen > 0 && msg->valuelen < sizeof v);
+    memcpy(v, msg->value, msg->valuelen);
+    v[msg->valuelen] = '\0';
+    char *end;
+    long idx = strtol(v, &end, 10);
+    assert_true(*end == '\0' && idx >= 0 && idx < limit);
+    return idx;
+}
+
 static void m_assign(struct bm_consumer *c, const struct bm_bus_tp *tps, size_t n,
                      void *opaque)
 {
@@ -355,13 +369,7 @@ static void step(struct member *m, int timeout_ms, int *total)
         fprintf(stderr, "%s poll: %s\n", m->name, err);
         return;
     }
-    char v[32];
-    assert_true(msg->valuelen > 0 && msg->valuelen < sizeof v);
-    memcpy(v, msg->value, msg->valuelen);
-    v[msg->valuelen] = '\0';
-    char *end;
-    long idx = strtol(v, &end, 10);
-    assert_true(*end == '\0' && idx >= 0 && idx < NREB + 20);
+    long idx = value_index(msg, NREB + 20);
     assert_int_equal(m->owned[msg->partition], 1); /* only from owned partitions */
     times_done[idx]++;
     m->processed++;
@@ -627,13 +635,7 @@ static void test_pause_on_assign_every_partition_delivers(void **state)
         while (got < want && bm_test_now_ms() < deadline) {
             if (bm_consumer_poll(k, 100, &m, err, sizeof err) != BM_OK)
                 continue;
-            char v[32];
-            assert_true(m->valuelen > 0 && m->valuelen < sizeof v);
-            memcpy(v, m->value, m->valuelen);
-            v[m->valuelen] = '\0';
-            char *end;
-            long idx = strtol(v, &end, 10);
-            assert_true(*end == '\0' && idx >= 0 && idx < (round + 1) * PA_PARTS);
+            long idx = value_index(m, (round + 1) * PA_PARTS);
             assert_int_equal(idx % PA_PARTS, m->partition);
             seen[idx]++;
             got++;

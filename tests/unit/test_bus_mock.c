@@ -324,42 +324,6 @@ static void test_round_trip_store_commit(void **state)
     bm_consumer_free(c2);
 }
 
-/* The worker pattern: pause every partition in on_assign (loading a shard),
- * see nothing while paused, resume and get everything exactly once. */
-static void test_pause_on_assign_then_resume(void **state)
-{
-    struct fixture *f = *state;
-    char err[256], topic[96], group[96];
-    bm_test_unique(topic, sizeof topic, "pause");
-    bm_test_unique(group, sizeof group, "g");
-    assert_int_equal(bm_mock_cluster_create_topic(f->mc, topic, 2, err, sizeof err), BM_OK);
-    produce_batch(&f->conf, topic, BM_PARTITION_ANY);
-
-    struct seen s = {0};
-    s.pause_on_assign = 1;
-    struct bm_consumer_callbacks cbs = {on_assign, on_revoke, &s};
-    struct bm_consumer *c = bm_consumer_new(&f->conf, group, NULL, &cbs, err, sizeof err);
-    assert_non_null(c);
-    const char *topics[] = {topic};
-    assert_int_equal(bm_consumer_subscribe(c, topics, 1, err, sizeof err), BM_OK);
-    int64_t deadline = bm_test_now_ms() + WAIT_MS;
-    struct bm_bus_msg *m = NULL;
-    while (s.assigned < 2 && bm_test_now_ms() < deadline) {
-        int rc = bm_consumer_poll(c, 100, &m, err, sizeof err);
-        assert_int_not_equal(rc, BM_OK); /* paused before any message */
-    }
-    assert_int_equal(s.assigned, 2);
-    /* While paused nothing arrives, however long we look (bounded). */
-    for (int i = 0; i < 5; i++)
-        assert_int_equal(bm_consumer_poll(c, 100, &m, err, sizeof err), BM_ETIMEDOUT);
-    assert_int_equal(bm_consumer_resume(c, topic, 0), BM_OK);
-    assert_int_equal(bm_consumer_resume(c, topic, 1), BM_OK);
-    consume_until(c, &s, NMSG, topic, 1);
-    for (int i = 0; i < NMSG; i++)
-        assert_int_equal(s.times[i], 1);
-    bm_consumer_free(c);
-}
-
 /* Poll until 'want' messages arrived, checking that each partition's
  * offsets come in order from 0 with no gap and no repeat. */
 static void consume_in_order(struct bm_consumer *c, const char *topic, int want,
@@ -382,10 +346,11 @@ static void consume_in_order(struct bm_consumer *c, const char *topic, int want,
     assert_int_equal(got, want);
 }
 
-/* A pause made in on_assign is deferred until the partition's first
- * message, which is held back; the resume hands the held messages out
- * first, so each partition still arrives in order, nothing lost or
- * doubled. */
+/* The worker pattern: pause every partition in on_assign (loading a
+ * shard), see nothing while paused, resume and get everything exactly
+ * once. The pause is deferred until each partition's first message, which
+ * is held back; the resume hands the held messages out first, so each
+ * partition still arrives in order, nothing lost or doubled. */
 static void test_held_messages_come_first_in_order(void **state)
 {
     struct fixture *f = *state;
@@ -542,7 +507,6 @@ int main(void)
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_callback_contract),
         cmocka_unit_test_setup_teardown(test_round_trip_store_commit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_pause_on_assign_then_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_held_messages_come_first_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_before_first_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manual_assign_pause_resume, setup, teardown),

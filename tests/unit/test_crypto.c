@@ -368,15 +368,11 @@ static struct bm_keyring *ring(const char *cur_id, const uint8_t *cur, const cha
     return kr;
 }
 
-static void expect_open(const struct bm_keyring *kr, const char *g, uint32_t shard, uint64_t seg,
-                        const char *expect, const uint8_t *env, size_t len, int want,
-                        const uint8_t *blob, size_t bloblen)
+/* Check an open's outcome: 'want', and on success the expected bytes;
+ * on failure no plaintext. Frees what the open returned. */
+static void check_opened(int rc, int want, const uint8_t *plain, size_t plainlen,
+                         uint8_t *owned, const uint8_t *blob, size_t bloblen)
 {
-    const uint8_t *plain = NULL;
-    size_t plainlen = 0;
-    uint8_t *owned = NULL;
-    int rc = bm_atrest_open(kr, g, shard, seg, expect, env, len, &plain, &plainlen, &owned, err,
-                            sizeof err);
     if (rc != want)
         fail_msg("open: %s, wanted %s (%s)", bm_strerror(rc), bm_strerror(want), err);
     if (rc == BM_OK) {
@@ -387,6 +383,18 @@ static void expect_open(const struct bm_keyring *kr, const char *g, uint32_t sha
         assert_null(owned);
     }
     free(owned);
+}
+
+static void expect_open(const struct bm_keyring *kr, const char *g, uint32_t shard, uint64_t seg,
+                        const char *expect, const uint8_t *env, size_t len, int want,
+                        const uint8_t *blob, size_t bloblen)
+{
+    const uint8_t *plain = NULL;
+    size_t plainlen = 0;
+    uint8_t *owned = NULL;
+    int rc = bm_atrest_open(kr, g, shard, seg, expect, env, len, &plain, &plainlen, &owned, err,
+                            sizeof err);
+    check_opened(rc, want, plain, plainlen, owned, blob, bloblen);
 }
 
 static void test_envelope(void **state)
@@ -527,16 +535,7 @@ static void expect_open_record(const struct bm_keyring *kr, const char *g, uint3
     uint8_t *owned = NULL;
     int rc = bm_atrest_open_record(kr, g, shard, subject, subject ? strlen(subject) : 0, env,
                                    len, &plain, &plainlen, &owned, err, sizeof err);
-    if (rc != want)
-        fail_msg("open record: %s, wanted %s (%s)", bm_strerror(rc), bm_strerror(want), err);
-    if (rc == BM_OK) {
-        assert_int_equal(plainlen, vallen);
-        assert_memory_equal(plain, val, vallen);
-    } else {
-        assert_null(plain);
-        assert_null(owned);
-    }
-    free(owned);
+    check_opened(rc, want, plain, plainlen, owned, val, vallen);
 }
 
 /* Gallery log records: bound to gallery, shard and subject id; never
