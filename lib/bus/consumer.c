@@ -75,10 +75,17 @@ static void held_free(struct held *h)
     }
 }
 
-/* Forget deferred pause 'd' (its held messages go to 'keep' if given, else
- * they are dropped). */
+static int pause_resume(struct bm_consumer *c, const char *topic,
+                        int32_t partition, int pause);
+
+/* Forget deferred pause 'd': its held messages go to the ready queue with
+ * 'keep', else they are dropped, and so is librdkafka's pause (the
+ * partition is leaving: a pause flag left behind would survive into a
+ * later assignment of it, where a deferred pause never lifts it). */
 static void deferred_remove(struct bm_consumer *c, struct deferred *d, int keep)
 {
+    if (!keep && d->real)
+        pause_resume(c, d->topic, d->partition, 0);
     if (keep && d->head != NULL) {
         if (c->ready_tail != NULL)
             c->ready_tail->next = d->head;
@@ -356,9 +363,6 @@ void bm_bus_msg_free(struct bm_bus_msg *m)
     rd_kafka_message_destroy(m->priv);
     free(m);
 }
-
-static int pause_resume(struct bm_consumer *c, const char *topic,
-                        int32_t partition, int pause);
 
 /* The first message of a partition whose pause was deferred: keep it and
  * make the real pause now that the partition's fetch is running. */
