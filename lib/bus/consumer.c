@@ -19,7 +19,9 @@
  * pause made then, when the fetch is running and the resume restarts right
  * after the held message; the resume hands the held messages out first, in
  * order. Revocation drops them unprocessed and unstored, like any message
- * the application never saw. */
+ * the application never saw, and lifts librdkafka's pause. Every pause
+ * made through this API is recorded (struct paused), deferred or not, so
+ * a revoke never leaves a pause flag behind for a later assignment. */
 #include "bus/internal.h"
 
 #include <stdio.h>
@@ -36,12 +38,13 @@ struct held {
     struct held *next;
 };
 
-/* A partition paused by the application before it delivered anything. */
-struct deferred {
+/* A partition the application paused. 'real' is 0 while the pause is
+ * deferred (nothing delivered yet, see the top of this file). */
+struct paused {
     char *topic;
     int32_t partition;
     int real;                /* librdkafka's pause is made */
-    struct held *head, *tail;
+    struct held *head, *tail; /* held back, in offset order */
 };
 
 struct bm_consumer {
@@ -52,17 +55,17 @@ struct bm_consumer {
     int closing;  /* bm_consumer_close has begun */
     int closed;   /* bm_consumer_close has finished */
     int in_assign;           /* on_assign is running */
-    struct deferred *def;    /* deferred pauses (few, short-lived) */
-    size_t ndef, capdef;
+    struct paused *paused;   /* every partition paused through this API */
+    size_t npaused, cappaused;
     struct held *ready, *ready_tail; /* resumed held messages, served first */
 };
 
-static struct deferred *deferred_find(struct bm_consumer *c, const char *topic,
+static struct paused *paused_find(struct bm_consumer *c, const char *topic,
                                       int32_t partition)
 {
-    for (size_t i = 0; i < c->ndef; i++)
-        if (c->def[i].partition == partition && strcmp(c->def[i].topic, topic) == 0)
-            return &c->def[i];
+    for (size_t i = 0; i < c->npaused; i++)
+        if (c->paused[i].partition == partition && strcmp(c->paused[i].topic, topic) == 0)
+            return &c->paused[i];
     return NULL;
 }
 
@@ -78,11 +81,11 @@ static void held_free(struct held *h)
 static int pause_resume(struct bm_consumer *c, const char *topic,
                         int32_t partition, int pause);
 
-/* Forget deferred pause 'd': its held messages go to the ready queue with
- * 'keep', else they are dropped, and so is librdkafka's pause (the
- * partition is leaving: a pause flag left behind would survive into a
- * later assignment of it, where a deferred pause never lifts it). */
-static void deferred_remove(struct bm_consumer *c, struct deferred *d, int keep)
+/* Forget pause 'd': its held messages go to the ready queue with 'keep',
+ * else they are dropped, and so is librdkafka's pause (the partition is
+ * leaving: a pause flag left behind would survive into a later assignment
+ * of it, where a deferred pause never lifts it). */
+static void paused_remove(struct bm_consumer *c, struct paused *d, int keep)
 {
     if (!keep && d->real)
         pause_resume(c, d->topic, d->partition, 0);
@@ -96,7 +99,7 @@ static void deferred_remove(struct bm_consumer *c, struct deferred *d, int keep)
         held_free(d->head);
     }
     free(d->topic);
-    *d = c->def[--c->ndef];
+    *d = c->paused[--c->npaused];
 }
 
 /* Take the messages of 'topic' [partition] out of the ready queue, in
@@ -124,16 +127,16 @@ static struct held *ready_take(struct bm_consumer *c, const char *topic, int32_t
 /* Drop every held or ready message of 'topic' [partition] (revoked). */
 static void forget_partition(struct bm_consumer *c, const char *topic, int32_t partition)
 {
-    struct deferred *d = deferred_find(c, topic, partition);
+    struct paused *d = paused_find(c, topic, partition);
     if (d != NULL)
-        deferred_remove(c, d, 0);
+        paused_remove(c, d, 0);
     held_free(ready_take(c, topic, partition));
 }
 
 static void forget_all(struct bm_consumer *c)
 {
-    while (c->ndef > 0)
-        deferred_remove(c, &c->def[c->ndef - 1], 0);
+    while (c->npaused > 0)
+        paused_remove(c, &c->paused[c->npaused - 1], 0);
     held_free(c->ready);
     c->ready = c->ready_tail = NULL;
 }
@@ -366,7 +369,7 @@ void bm_bus_msg_free(struct bm_bus_msg *m)
 
 /* The first message of a partition whose pause was deferred: keep it and
  * make the real pause now that the partition's fetch is running. */
-static void hold(struct bm_consumer *c, struct deferred *d, struct held *h)
+static void hold(struct bm_consumer *c, struct paused *d, struct held *h)
 {
     h->next = NULL;
     if (d->tail != NULL)
@@ -437,8 +440,8 @@ int bm_consumer_poll(struct bm_consumer *c, int timeout_ms,
     m->nheaders = nh;
     m->timestamp_ms = tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? -1 : ts;
     m->priv = rkm;
-    if (c->ndef > 0) {
-        struct deferred *d = deferred_find(c, m->topic, m->partition);
+    if (c->npaused > 0) {
+        struct paused *d = paused_find(c, m->topic, m->partition);
         if (d != NULL) {
             hold(c, d, b);
             return BM_ETIMEDOUT; /* nothing for the application yet */
@@ -539,55 +542,61 @@ static int assigned_and_fresh(struct bm_consumer *c, const char *topic, int32_t 
     return fresh;
 }
 
-/* A new, empty deferred pause; NULL when out of memory. */
-static struct deferred *add_deferred(struct bm_consumer *c, const char *topic,
+/* A new pause entry, not real yet and holding nothing; NULL when out of
+ * memory. */
+static struct paused *paused_add(struct bm_consumer *c, const char *topic,
                                      int32_t partition)
 {
-    if (c->ndef == c->capdef) {
-        size_t nc = c->capdef ? c->capdef * 2 : 8;
-        struct deferred *nd = realloc(c->def, nc * sizeof *nd);
+    if (c->npaused == c->cappaused) {
+        size_t nc = c->cappaused ? c->cappaused * 2 : 8;
+        struct paused *nd = realloc(c->paused, nc * sizeof *nd);
         if (nd == NULL)
             return NULL;
-        c->def = nd;
-        c->capdef = nc;
+        c->paused = nd;
+        c->cappaused = nc;
     }
     char *t = strdup(topic);
     if (t == NULL)
         return NULL;
-    c->def[c->ndef] = (struct deferred){t, partition, 0, NULL, NULL};
-    return &c->def[c->ndef++];
+    c->paused[c->npaused] = (struct paused){t, partition, 0, NULL, NULL};
+    return &c->paused[c->npaused++];
 }
 
 int bm_consumer_pause(struct bm_consumer *c, const char *topic, int32_t partition)
 {
-    if (deferred_find(c, topic, partition) != NULL)
+    if (paused_find(c, topic, partition) != NULL)
         return BM_OK; /* already paused */
-    /* In on_assign the position may still be the one of an earlier
-     * assignment of the same partition: defer there whatever it says.
-     * Messages a resume left in the ready queue were consumed from
+    /* Messages a resume left in the ready queue were consumed from
      * librdkafka already (a real pause alone would resume after them):
-     * they go back to being held. */
+     * they go back to being held. In on_assign the position may still be
+     * the one of an earlier assignment of the same partition: defer there
+     * whatever it says. */
     int ready = 0;
     for (struct held *h = c->ready; h != NULL && !ready; h = h->next)
         ready = h->m.partition == partition && strcmp(h->m.topic, topic) == 0;
-    if (!ready && !c->in_assign && !assigned_and_fresh(c, topic, partition))
-        return pause_resume(c, topic, partition, 1);
-    struct deferred *d = add_deferred(c, topic, partition);
+    int defer = !ready && (c->in_assign || assigned_and_fresh(c, topic, partition));
+    struct paused *d = paused_add(c, topic, partition);
     if (d == NULL)
         return BM_ENOMEM;
     if (ready) {
         d->head = ready_take(c, topic, partition);
         for (d->tail = d->head; d->tail->next != NULL; d->tail = d->tail->next)
             ;
-        if (pause_resume(c, topic, partition, 1) == BM_OK)
-            d->real = 1; /* else the next message held tries again */
+    }
+    if (!defer) {
+        int rc = pause_resume(c, topic, partition, 1);
+        if (rc != BM_OK && !ready) {
+            paused_remove(c, d, 0);
+            return rc;
+        }
+        d->real = rc == BM_OK; /* else the next message held tries again */
     }
     return BM_OK;
 }
 
 int bm_consumer_resume(struct bm_consumer *c, const char *topic, int32_t partition)
 {
-    struct deferred *d = deferred_find(c, topic, partition);
+    struct paused *d = paused_find(c, topic, partition);
     if (d == NULL)
         return pause_resume(c, topic, partition, 0);
     if (d->real) {
@@ -595,7 +604,7 @@ int bm_consumer_resume(struct bm_consumer *c, const char *topic, int32_t partiti
         if (rc != BM_OK)
             return rc;
     }
-    deferred_remove(c, d, 1); /* its held messages are served next */
+    paused_remove(c, d, 1); /* its held messages are served next */
     return BM_OK;
 }
 
@@ -664,7 +673,7 @@ void bm_consumer_free(struct bm_consumer *c)
         return;
     bm_consumer_close(c, NULL, 0);
     forget_all(c); /* librdkafka messages: before their handle goes */
-    free(c->def);
+    free(c->paused);
     rd_kafka_destroy(c->rk);
     free(c);
 }
