@@ -61,7 +61,7 @@ struct bm_consumer {
 };
 
 static struct paused *paused_find(struct bm_consumer *c, const char *topic,
-                                      int32_t partition)
+                                  int32_t partition)
 {
     for (size_t i = 0; i < c->npaused; i++)
         if (c->paused[i].partition == partition && strcmp(c->paused[i].topic, topic) == 0)
@@ -545,7 +545,7 @@ static int assigned_and_fresh(struct bm_consumer *c, const char *topic, int32_t 
 /* A new pause entry, not real yet and holding nothing; NULL when out of
  * memory. */
 static struct paused *paused_add(struct bm_consumer *c, const char *topic,
-                                     int32_t partition)
+                                 int32_t partition)
 {
     if (c->npaused == c->cappaused) {
         size_t nc = c->cappaused ? c->cappaused * 2 : 8;
