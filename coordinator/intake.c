@@ -523,7 +523,11 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
 
     struct bm_bus_conf bc;
     struct bm_bus_prop *props = NULL;
-    if (bm_coord_bus_conf(ctx, NULL, 0, &bc, &props, err, errlen) != BM_OK)
+    /* A crash replays the jobs stored but not yet committed, as duplicate
+     * tasks: commit every second rather than librdkafka's default 5 s to
+     * keep that window short (one OffsetCommit a second is nothing). */
+    static const struct bm_bus_prop extra[] = {{"auto.commit.interval.ms", "1000"}};
+    if (bm_coord_bus_conf(ctx, extra, 1, &bc, &props, err, errlen) != BM_OK)
         goto fail;
     char group[BM_TOPIC_MAX];
     snprintf(group, sizeof group, "%s%s", pfx, BM_INTAKE_GROUP_SUFFIX);
