@@ -31,6 +31,7 @@
 
 #include "bus/bus.h"
 #include "cli.h"
+#include "common/clock.h"
 #include "conf/topics.h"
 #include "matchjob.h"
 #include "store/manifest.h"
@@ -268,7 +269,7 @@ static int enroll(struct bm_producer *p, const char *topic, const struct data *d
     bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
     uint8_t buf[2 * IRIS_BYTES + 1024];
     uint64_t total = to - from;
-    int64_t now = cli_now_unix_ms();
+    int64_t now = bm_wall_ms();
     for (uint64_t i = from; i < to && !*stop; i++) {
         char subject[32], reqid[48];
         Biomatch__V1__EnrollRequest req = BIOMATCH__V1__ENROLL_REQUEST__INIT;
@@ -379,8 +380,8 @@ static int wait_sealed(const struct cli_up_env *env, int64_t want_f, int64_t wan
         fprintf(stderr, "demo: redis: %s\n", err);
         return -1;
     }
-    int64_t deadline = cli_now_mono_ms() + SEAL_WAIT_MS, f = 0, i = 0;
-    while (keep_going(env) && cli_now_mono_ms() < deadline) {
+    int64_t deadline = bm_mono_ms() + SEAL_WAIT_MS, f = 0, i = 0;
+    while (keep_going(env) && bm_mono_ms() < deadline) {
         f = sealed_subjects(r, CLI_UP_FACE, env->face_shards);
         i = sealed_subjects(r, CLI_UP_IRIS, env->iris_shards);
         if (f < 0 || i < 0) {
@@ -459,11 +460,11 @@ static int send_job(struct run *run, const char *id, int iris, uint32_t probe, s
     job.top_k = TOP_K;
     job.has_threshold = 1;
     job.threshold = iris ? IRIS_THRESHOLD : FACE_THRESHOLD;
-    job.submitted_unix_ms = cli_now_unix_ms();
+    job.submitted_unix_ms = bm_wall_ms();
     job.deadline_unix_ms = job.submitted_unix_ms + JOB_DEADLINE_MS;
     track->iris = iris;
     track->probe = probe;
-    track->sent_ms = cli_now_mono_ms();
+    track->sent_ms = bm_mono_ms();
     return cli_job_send(run->p, run->jobs_topic, &job, trace, on_job_delivery, track, err,
                         errlen);
 }
@@ -496,7 +497,7 @@ static void pump(struct run *run, int wait_ms, const char *warm_id, struct job *
             j = &run->jobs[idx];
     }
     if (j != NULL && j->got_ms == 0) {   /* results are at-least-once: first wins */
-        j->got_ms = cli_now_mono_ms();
+        j->got_ms = bm_mono_ms();
         j->status = r->status;
         j->comparisons = r->comparisons;
         j->any = r->n_candidates > 0;
@@ -517,14 +518,14 @@ static void pump(struct run *run, int wait_ms, const char *warm_id, struct job *
  * probe with every subject (all shards loaded the sealed segments). */
 static int warm_up(const struct cli_up_env *env, struct run *run)
 {
-    int64_t deadline = cli_now_mono_ms() + WARMUP_MS;
+    int64_t deadline = bm_mono_ms() + WARMUP_MS;
     for (int g = 0; g < 2; g++) {
         uint32_t want = g ? run->d->ni : run->d->nf;
         if ((g ? run->d->ip : run->d->fp) == 0)
             continue;
         int attempt = 0;
         for (;;) {
-            if (!keep_going(env) || cli_now_mono_ms() >= deadline) {
+            if (!keep_going(env) || bm_mono_ms() >= deadline) {
                 if (!*env->stop)
                     fprintf(stderr, "demo: the %s gallery did not answer a full search in %d s\n",
                             g ? CLI_UP_IRIS : CLI_UP_FACE, WARMUP_MS / 1000);
@@ -538,8 +539,8 @@ static int warm_up(const struct cli_up_env *env, struct run *run)
                 fprintf(stderr, "demo: %s\n", err);
                 return -1;
             }
-            int64_t until = cli_now_mono_ms() + 10000;
-            while (w.got_ms == 0 && cli_now_mono_ms() < until && keep_going(env))
+            int64_t until = bm_mono_ms() + 10000;
+            while (w.got_ms == 0 && bm_mono_ms() < until && keep_going(env))
                 pump(run, 100, id, &w);
             /* Drain the delivery callback before 'w' goes out of scope. */
             bm_producer_flush(run->p, 10000);
@@ -645,7 +646,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
     memset(&run, 0, sizeof run);
     int ret = 1;
     char err[512], enroll_topic[BM_TOPIC_MAX], jobs_topic[BM_TOPIC_MAX], res_topic[BM_TOPIC_MAX];
-    int64_t t_gen = cli_now_mono_ms();
+    int64_t t_gen = bm_mono_ms();
     if (bm_topic_name(enroll_topic, sizeof enroll_topic, env->prefix, BM_TOPIC_ENROLL) != 0 ||
         bm_topic_name(jobs_topic, sizeof jobs_topic, env->prefix, BM_TOPIC_JOBS) != 0 ||
         bm_topic_name(res_topic, sizeof res_topic, env->prefix, BM_TOPIC_RESULTS) != 0)
@@ -655,7 +656,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
         data_free(&d);
         return 1;
     }
-    int64_t t_enroll = cli_now_mono_ms();
+    int64_t t_enroll = bm_mono_ms();
     fprintf(stderr, "demo: generated %u face and %u iris subjects, %u + %u probes in %.1f s\n",
             d.nf, d.ni, d.fp, d.ip, (double)(t_enroll - t_gen) / 1e3);
     struct bm_bus_conf bc = { 0 };
@@ -687,7 +688,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
         fprintf(stderr, "demo: %llu/%llu subjects enrolled and sealed\n", (unsigned long long)to,
                 (unsigned long long)total);
     }
-    int64_t t_warm = cli_now_mono_ms();
+    int64_t t_warm = bm_mono_ms();
     fprintf(stderr, "demo: enrolled and sealed %llu subjects in %.1f s; warming up\n",
             (unsigned long long)total, (double)(t_warm - t_enroll) / 1e3);
     run.rd = cli_reader_open(&bc, res_topic, 0, 15000, err, sizeof err);
@@ -700,7 +701,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
     snprintf(run.tag, sizeof run.tag, "%02x%02x%02x%02x", tagb[0], tagb[1], tagb[2], tagb[3]);
     if (warm_up(env, &run) != 0)
         goto out;
-    int64_t t_jobs = cli_now_mono_ms();
+    int64_t t_jobs = bm_mono_ms();
     fprintf(stderr, "demo: workers ready after %.1f s; submitting %u jobs at %s\n",
             (double)(t_jobs - t_warm) / 1e3, d.fp + d.ip, o->rate > 0 ? "a fixed rate" : "once");
     run.njobs = (size_t)d.fp + d.ip;
@@ -715,7 +716,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
             iris = !iris;
         if (o->rate > 0) {
             int64_t due = t_jobs + (int64_t)((double)i * 1000.0 / o->rate);
-            for (int64_t now = cli_now_mono_ms(); now < due; now = cli_now_mono_ms())
+            for (int64_t now = bm_mono_ms(); now < due; now = bm_mono_ms())
                 pump(&run, (int)(due - now > 20 ? 20 : due - now), NULL, NULL);
         }
         char id[64];
@@ -726,14 +727,14 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
         }
         pump(&run, 0, NULL, NULL);
     }
-    int64_t t_sent = cli_now_mono_ms(), deadline = t_sent + COLLECT_MS, check = 0;
+    int64_t t_sent = bm_mono_ms(), deadline = t_sent + COLLECT_MS, check = 0;
     for (;;) {
         size_t done = 0;
         for (size_t i = 0; i < run.njobs; i++)
             done += run.jobs[i].got_ms != 0 || run.jobs[i].delivered < 0;
-        if (done == run.njobs || cli_now_mono_ms() >= deadline || *env->stop)
+        if (done == run.njobs || bm_mono_ms() >= deadline || *env->stop)
             break;
-        int64_t now = cli_now_mono_ms();
+        int64_t now = bm_mono_ms();
         if (now - check >= 500) {
             check = now;
             if (!env->children_ok(env->opaque))
@@ -773,7 +774,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
     printf("phases: generate %.1f s, enroll + seal %.1f s, warm-up %.1f s, jobs %.1f s\n",
            (double)(t_enroll - t_gen) / 1e3, (double)(t_warm - t_enroll) / 1e3,
            (double)(t_jobs - t_warm) / 1e3,
-           (double)(cli_now_mono_ms() - t_jobs) / 1e3);
+           (double)(bm_mono_ms() - t_jobs) / 1e3);
     if (js != NULL) {
         cJSON_AddNumberToObject(js, "throughput_jobs_per_s", span > 0 ? (double)answered / span : 0);
         cJSON_AddNumberToObject(js, "jobs", (double)all.jobs);

@@ -12,11 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "biomatch.pb-c.h"
 #include "cli.h"
+#include "common/clock.h"
 #include "conf/policy.h"
 #include "conf/topics.h"
 #include "irisfile.h"
@@ -33,13 +33,6 @@ struct deliveries {
     char first_error[256];
 };
 
-static int64_t now_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void on_delivery(const struct bm_delivery *d, void *opaque)
 {
     struct deliveries *dl = opaque;
@@ -50,7 +43,7 @@ static void on_delivery(const struct bm_delivery *d, void *opaque)
             snprintf(dl->first_error, sizeof dl->first_error, "%s", d->errstr);
         dl->failed++;
     }
-    dl->last_ms = now_unix_ms();
+    dl->last_ms = bm_wall_ms();
 }
 
 /* The ids file: one id per line (1..128 bytes, no NUL), '\n' or "\r\n"
@@ -250,7 +243,7 @@ int cli_enroll(int argc, char **argv)
         goto out;
     }
     if (reqprefix == NULL) {
-        snprintf(reqbuf, sizeof reqbuf, "cli-%ld-%lld", (long)getpid(), (long long)now_unix_ms());
+        snprintf(reqbuf, sizeof reqbuf, "cli-%ld-%lld", (long)getpid(), (long long)bm_wall_ms());
         reqprefix = reqbuf;
     }
     size_t packcap = 4096;
@@ -260,7 +253,7 @@ int cli_enroll(int argc, char **argv)
     struct bm_bus_headers hdrs;
     bm_bus_headers_init(&hdrs);
     bm_bus_headers_add_str(&hdrs, "content-type", CONTENT_TYPE);
-    int64_t first_ms = now_unix_ms(), last_report = first_ms;
+    int64_t first_ms = bm_wall_ms(), last_report = first_ms;
     uint64_t sent = 0;
     for (size_t i = 0; i < n; i++) {
         char subject[BM_SUBJECT_ID_MAX + 1], reqid[128];
@@ -277,7 +270,7 @@ int cli_enroll(int argc, char **argv)
         req.gallery = (char *)gallery;
         req.subject_id = subject;
         req.reply_topic = (char *)(reply ? reply : "");
-        req.submitted_unix_ms = now_unix_ms();
+        req.submitted_unix_ms = bm_wall_ms();
         if (del != NULL) {
             req.op = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE;
         } else {
@@ -339,7 +332,7 @@ int cli_enroll(int argc, char **argv)
         }
         sent++;
         bm_producer_poll(pr, 0);
-        int64_t t = now_unix_ms();
+        int64_t t = bm_wall_ms();
         if (!quiet && t - last_report >= 2000) {
             fprintf(stderr, "enroll: %llu/%zu sent, %llu delivered, %llu failed\n",
                     (unsigned long long)sent, n, (unsigned long long)dl.ok,
@@ -350,7 +343,7 @@ int cli_enroll(int argc, char **argv)
     if (bm_producer_flush(pr, FLUSH_TIMEOUT_MS) != BM_OK)
         fprintf(stderr, "biomatch: %d request(s) still undelivered after %d s\n",
                 bm_producer_outstanding(pr), FLUSH_TIMEOUT_MS / 1000);
-    int64_t end_ms = now_unix_ms();
+    int64_t end_ms = bm_wall_ms();
     double secs = (double)(end_ms - first_ms) / 1e3;
     fprintf(stderr, "enroll: %llu of %zu sent to %s, %llu delivered, %llu failed, %.2f s (%.0f/s)\n",
             (unsigned long long)sent, n, topic, (unsigned long long)dl.ok,

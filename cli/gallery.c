@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "common/clock.h"
 #include "conf/topics.h"
 #include "crypto/keyring.h"
 #include "match/cpu.h"
@@ -476,13 +477,6 @@ done:
     return ret;
 }
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int gallery_load(int argc, char **argv)
 {
     struct cli_common c = { 0 };
@@ -532,9 +526,9 @@ static int gallery_load(int argc, char **argv)
     for (uint32_t sh = first; sh <= last; sh++) {
         char err[512];
         int rc;
-        double t0 = mono_s();
+        double t0 = bm_mono_s();
         struct bm_shard *s = bm_shard_load_keyring(rd, d, sh, NULL, kr, &rc, err, sizeof err);
-        double dt = mono_s() - t0;
+        double dt = bm_mono_s() - t0;
         if (s == NULL) {
             fprintf(stderr, "biomatch: shard %u: %s (%s)\n", sh, err, bm_strerror(rc));
             goto done;

@@ -15,24 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
 
 #define SEND_RETRY_MS 10000
 
-int64_t cli_now_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t cli_now_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void cli_random(void *buf, size_t n)
 {
@@ -156,12 +144,12 @@ int cli_job_send_signed(struct bm_producer *p, const char *topic,
         }
         bm_bus_headers_add_str(&h, BM_POLICY_SIG_HEADER, sig);
     }
-    int64_t give_up = cli_now_mono_ms() + SEND_RETRY_MS;
+    int64_t give_up = bm_mono_ms() + SEND_RETRY_MS;
     int rc;
     for (;;) {
         rc = bm_producer_send(p, topic, BM_PARTITION_ANY, job->job_id, strlen(job->job_id), buf,
                               len, h.v, h.n, cb, opaque);
-        if (rc != BM_ERANGE || cli_now_mono_ms() > give_up)
+        if (rc != BM_ERANGE || bm_mono_ms() > give_up)
             break;
         bm_producer_poll(p, 20);   /* local queue full: let deliveries drain */
     }
@@ -209,7 +197,7 @@ static int start_offsets(const struct bm_bus_conf *bc, const char *topic, int fr
     int rc = BM_OK;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
-    int64_t deadline = cli_now_mono_ms() + timeout_ms;
+    int64_t deadline = bm_mono_ms() + timeout_ms;
     int parts = 0;
     /* A topic created a moment ago may take a little while to show up. */
     for (;;) {
@@ -225,7 +213,7 @@ static int start_offsets(const struct bm_bus_conf *bc, const char *topic, int fr
         if (md != NULL)
             rd_kafka_metadata_destroy(md);
         md = NULL;
-        if (cli_now_mono_ms() >= deadline) {
+        if (bm_mono_ms() >= deadline) {
             rc = bm_seterr(err, errlen, BM_ENOTFOUND, "topic %s: %s", topic, why);
             break;
         }

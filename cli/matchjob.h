@@ -28,9 +28,6 @@
 /* "00-<32 hex>-<16 hex>-01" + NUL. */
 #define CLI_TRACEPARENT_LEN 56
 
-/* Wall-clock and monotonic milliseconds. */
-int64_t cli_now_unix_ms(void);
-int64_t cli_now_mono_ms(void);
 
 /* Fill 'n' bytes from the kernel's random source (getrandom, with a
  * clock-seeded fallback that is only used if the syscall fails). */

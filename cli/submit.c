@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/clock.h"
 #include "conf/topics.h"
 #include "irisfile.h"
 #include "matchjob.h"
@@ -55,10 +56,10 @@ static size_t await_results(struct cli_reader *rd, struct sent *s, size_t n, int
     size_t want = 0, got = 0;
     for (size_t i = 0; i < n; i++)
         want += s[i].delivered == 1;
-    int64_t deadline = cli_now_mono_ms() + timeout_ms;
+    int64_t deadline = bm_mono_ms() + timeout_ms;
     char err[512];
     while (got < want) {
-        int64_t left = deadline - cli_now_mono_ms();
+        int64_t left = deadline - bm_mono_ms();
         if (left <= 0)
             break;
         struct bm_bus_msg *m = NULL;
@@ -77,7 +78,7 @@ static size_t await_results(struct cli_reader *rd, struct sent *s, size_t n, int
             /* Results are at-least-once: keep the first per job id. */
             if (s[i].result == NULL && strcmp(s[i].id, r->job_id) == 0) {
                 s[i].result = r;
-                s[i].got_ms = cli_now_mono_ms();
+                s[i].got_ms = bm_mono_ms();
                 got++;
                 used = 1;
                 break;
@@ -275,8 +276,8 @@ int cli_submit(int argc, char **argv)
         job.min_gallery_version = minver;
         job.probes = each ? &tptr[j] : tptr;
         job.n_probes = each ? 1 : nprobes;
-        s[j].sent_ms = cli_now_mono_ms();
-        job.submitted_unix_ms = cli_now_unix_ms();
+        s[j].sent_ms = bm_mono_ms();
+        job.submitted_unix_ms = bm_wall_ms();
         if (deadline)
             job.deadline_unix_ms = job.submitted_unix_ms + deadline;
         if (cli_job_send_signed(pr, jobs_topic, &job, tp, signer, on_delivery, &s[j], err,

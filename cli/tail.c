@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/clock.h"
 #include "conf/topics.h"
 #include "matchjob.h"
 #include "wire/decode.h"
@@ -250,7 +251,7 @@ int cli_tail(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     uint64_t seen = 0;
-    int64_t last = cli_now_mono_ms();
+    int64_t last = bm_mono_ms();
     while (!g_stop && (count == 0 || seen < count)) {
         struct bm_bus_msg *m = NULL;
         int rc = cli_reader_next(rd, 200, &m, err, sizeof err);
@@ -258,8 +259,8 @@ int cli_tail(int argc, char **argv)
             show(k, m, json != NULL);
             bm_bus_msg_free(m);
             seen++;
-            last = cli_now_mono_ms();
-        } else if (idle && cli_now_mono_ms() - last >= idle) {
+            last = bm_mono_ms();
+        } else if (idle && bm_mono_ms() - last >= idle) {
             break;
         }
     }

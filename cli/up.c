@@ -36,6 +36,7 @@
 
 #include "bus/mock.h"
 #include "cli.h"
+#include "common/clock.h"
 #include "conf/topics.h"
 #include "matchjob.h"
 #include "store/galdef.h"
@@ -282,14 +283,14 @@ static void stop_children(struct child **v, int n)
     for (int i = 0; i < n; i++)
         if (v[i]->pid > 0)
             kill(v[i]->pid, SIGTERM);
-    int64_t deadline = cli_now_mono_ms() + STOP_GRACE_MS;
+    int64_t deadline = bm_mono_ms() + STOP_GRACE_MS;
     for (;;) {
         int running = 0;
         for (int i = 0; i < n; i++)
             running += alive(v[i]);
         if (running == 0)
             return;
-        if (cli_now_mono_ms() >= deadline)
+        if (bm_mono_ms() >= deadline)
             break;
         sleep_ms(50);
     }
@@ -348,9 +349,9 @@ static int start_redis(struct up *u)
     if (rc != 0)
         return -1;
     snprintf(u->redis_url, sizeof u->redis_url, "redis://127.0.0.1:%d", port);
-    int64_t deadline = cli_now_mono_ms() + REDIS_START_MS;
+    int64_t deadline = bm_mono_ms() + REDIS_START_MS;
     char err[256];
-    while (cli_now_mono_ms() < deadline && !g_stop) {
+    while (bm_mono_ms() < deadline && !g_stop) {
         struct bm_redis_opts o = { 0 };
         o.connect_timeout_ms = 500;
         o.io_timeout_ms = 1000;
@@ -409,7 +410,7 @@ static int define_galleries(struct up *u)
             ret = -1;
             break;
         }
-        def->created_unix_ms = cli_now_unix_ms();
+        def->created_unix_ms = bm_wall_ms();
         if (bm_galdef_put(r, def, NULL, err, sizeof err) != BM_OK) {
             fprintf(stderr, "biomatch: gallery %s: %s\n", name, err);
             ret = -1;
@@ -567,8 +568,8 @@ static int start_program(struct up *u, struct child *ch, const char *prog, const
 /* Wait until every child answers /readyz with 200 (bounded). */
 static int wait_ready(struct up *u)
 {
-    int64_t deadline = cli_now_mono_ms() + READY_MS;
-    while (!g_stop && cli_now_mono_ms() < deadline) {
+    int64_t deadline = bm_mono_ms() + READY_MS;
+    while (!g_stop && bm_mono_ms() < deadline) {
         if (!children_ok(u))
             return -1;
         int ready = cli_http_status(u->coord.port, "/readyz", 1000) == 200;
@@ -694,7 +695,7 @@ int cli_up(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    int64_t t0 = cli_now_mono_ms();
+    int64_t t0 = bm_mono_ms();
     char err[512];
 
     if (kafka != NULL) {
@@ -724,7 +725,7 @@ int cli_up(int argc, char **argv)
     if (wait_ready(&u) != 0)
         goto out;
     fprintf(stderr, "biomatch up: cluster ready in %.1f s (kafka %s%s, redis %s, %d worker(s))\n",
-            (double)(cli_now_mono_ms() - t0) / 1e3, u.brokers, u.mock ? " embedded" : "",
+            (double)(bm_mono_ms() - t0) / 1e3, u.brokers, u.mock ? " embedded" : "",
             u.redis_url, u.nworkers);
     int wports[MAX_WORKERS];
     for (int i = 0; i < u.nworkers; i++)
@@ -783,6 +784,6 @@ out:;
     } else {
         nftw(u.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     }
-    fprintf(stderr, "biomatch up: stopped after %.1f s\n", (double)(cli_now_mono_ms() - t0) / 1e3);
+    fprintf(stderr, "biomatch up: stopped after %.1f s\n", (double)(bm_mono_ms() - t0) / 1e3);
     return ret;
 }

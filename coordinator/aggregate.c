@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "audit.h"
+#include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "jobtable.h"
@@ -382,7 +383,7 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
         return to_dlq(ag, m, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE,
                       "partial without a valid job id, kind or shard");
     }
-    int64_t mono = bm_coord_mono_ms();
+    int64_t mono = bm_mono_ms();
     struct bm_job *j = bm_jobtable_find(ag->jobs, p->job_id);
     if (j && j->state != BM_JOB_OPEN) {
         /* Finished in this run: a late shard, a redelivery, or a replayed
@@ -423,7 +424,7 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
         j->answered++;
     }
     if (j->opened && j->answered >= j->shard_count)
-        return emit(ag, j, bm_coord_wall_ms());
+        return emit(ag, j, bm_wall_ms());
     return BM_OK;
 }
 
@@ -432,7 +433,7 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
 /* Emit jobs whose deadline passed, drop orphans, store watermarks. */
 static int tick(struct bm_agg *ag)
 {
-    int64_t now = bm_coord_wall_ms(), mono = bm_coord_mono_ms();
+    int64_t now = bm_wall_ms(), mono = bm_mono_ms();
     struct bm_job *j = bm_jobtable_first_open(ag->jobs);
     while (j) {
         struct bm_job *next = j->next;
@@ -544,7 +545,7 @@ static struct bm_agg *agg_new(struct bm_coord_ctx *ctx, char *err, size_t errlen
     }
     char writer[160];
     snprintf(writer, sizeof writer, "%.100s/aggregate/%lld", ctx->conf->node_id,
-             bm_coord_wall_ms());
+             (long long)bm_wall_ms());
     ag->audit = bm_audit_new(writer, err, errlen);
     if (ag->audit == NULL)
         goto fail;
@@ -603,7 +604,7 @@ int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
             rc = BM_EKAFKA;
         }
         bm_producer_poll(ag->prod, 0);
-        int64_t mono = bm_coord_mono_ms();
+        int64_t mono = bm_mono_ms();
         if (rc == BM_OK && ag->fatal[0] == '\0' && mono - last_tick >= POLL_MS) {
             rc = tick(ag);
             last_tick = mono;

@@ -19,8 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "crypto/atrest.h"
@@ -283,7 +283,7 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
     BM_LOGF(BM_LOG_INFO, "segment builder started", BM_LF_STR("subscription", regex),
             BM_LF_STR("group", b->group));
 
-    long long last_timer = 0, last_check = bm_coord_mono_ms(), last_pending = 0;
+    long long last_timer = 0, last_check = bm_mono_ms(), last_pending = 0;
     while (!bm_coord_stopping(ctx)) {
         struct bm_bus_msg *m = NULL;
         int prc = bm_consumer_poll(b->consumer, TIMER_INTERVAL_MS, &m, err, sizeof err);
@@ -301,7 +301,7 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
         } else if (prc != BM_ETIMEDOUT) {
             BM_LOGF(BM_LOG_WARN, "builder: consumer", BM_LF_STR("error", err));
         }
-        long long now = bm_coord_mono_ms();
+        long long now = bm_mono_ms();
         if (b->npend > 0 && now - last_pending >= PENDING_RETRY_MS) {
             open_pending(b);
             last_pending = now;

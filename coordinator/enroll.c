@@ -38,6 +38,7 @@
 
 #include "audit.h"
 #include "bus/bus.h"
+#include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/policy.h"
 #include "conf/topics.h"
@@ -131,7 +132,7 @@ static void galent_clear(struct galent *g)
  * a valid enrollment because Redis blinked). */
 static int gallery_lookup(struct enroll *e, const char *name, struct galent **out)
 {
-    long long now = bm_coord_mono_ms();
+    long long now = bm_mono_ms();
     for (size_t i = 0; i < e->ncache; i++) {
         struct galent *g = &e->cache[i];
         if (strcmp(g->name, name) != 0)
@@ -526,7 +527,7 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         ch.subject_id = req->subject_id;
         ch.agency = req->agency;
         ch.request_id = req->request_id;
-        ch.enrolled_unix_ms = bm_coord_wall_ms();
+        ch.enrolled_unix_ms = bm_wall_ms();
         if (g->spec.modality == BM_MODALITY_DENSE) {
             float scale = 1.0f;
             rc = normalise_dense(e, g, req->template_->dense,
@@ -679,9 +680,9 @@ static int batch_cut(struct enroll *e)
 {
     bm_producer_poll(e->producer, 0);
     int rc = retire(e);
-    long long deadline = bm_coord_mono_ms() + ENROLL_ACK_TIMEOUT_MS;
+    long long deadline = bm_mono_ms() + ENROLL_ACK_TIMEOUT_MS;
     while (rc == BM_OK && e->nbatch == ENROLL_INFLIGHT) {
-        if (bm_coord_mono_ms() >= deadline) {
+        if (bm_mono_ms() >= deadline) {
             BM_LOGF(BM_LOG_ERROR, "enroll: deliveries not acknowledged in time",
                     BM_LF_INT("outstanding", e->ring[e->head].outstanding));
             return BM_EKAFKA;
@@ -713,12 +714,12 @@ static void batch_open_final(struct enroll *e)
  * forget every batch. */
 static void drain_all(struct enroll *e)
 {
-    long long deadline = bm_coord_mono_ms() + ENROLL_ACK_TIMEOUT_MS;
+    long long deadline = bm_mono_ms() + ENROLL_ACK_TIMEOUT_MS;
     for (;;) {
         int outstanding = 0;
         for (size_t i = 0; i < e->nbatch; i++)
             outstanding += e->ring[(e->head + i) % ENROLL_INFLIGHT].outstanding;
-        if (outstanding == 0 || bm_coord_mono_ms() >= deadline)
+        if (outstanding == 0 || bm_mono_ms() >= deadline)
             break;
         bm_producer_poll(e->producer, 50);
     }
@@ -734,7 +735,7 @@ static int step(struct enroll *e)
 {
     char err[256];
     struct batch *b = e->cur;
-    long long now = bm_coord_mono_ms();
+    long long now = bm_mono_ms();
     int timeout = 100;
     if (b->n > 0) {
         long long left = b->deadline_ms - now;
@@ -754,7 +755,7 @@ static int step(struct enroll *e)
     } else if (prc != BM_ETIMEDOUT) {
         BM_LOGF(BM_LOG_WARN, "enroll: consumer", BM_LF_STR("error", err));
     }
-    if (b->n >= ENROLL_BATCH_MAX || (b->n > 0 && bm_coord_mono_ms() >= b->deadline_ms) ||
+    if (b->n >= ENROLL_BATCH_MAX || (b->n > 0 && bm_mono_ms() >= b->deadline_ms) ||
         (b->n == 0 && prc != BM_OK)) {
         /* An empty batch is cut too when idle, so older batches retire. */
         if (b->n == 0) {
@@ -794,7 +795,7 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
         return BM_ENOMEM;
     e->ctx = ctx;
     char writer[200];
-    snprintf(writer, sizeof writer, "%s/gallery/%lld", conf->node_id, bm_coord_wall_ms());
+    snprintf(writer, sizeof writer, "%s/gallery/%lld", conf->node_id, (long long)bm_wall_ms());
     snprintf(e->group, sizeof e->group, "%scoordinator-enroll", conf->topic_prefix);
     int rc = BM_OK;
     if (bm_topic_name(e->t_enroll, sizeof e->t_enroll, conf->topic_prefix, BM_TOPIC_ENROLL) ||
@@ -877,9 +878,9 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
     /* Graceful stop: wait (bounded) for the reports of what was consumed,
      * so its offsets are stored and committed by the consumer's close. */
     {
-        long long deadline = bm_coord_mono_ms() + 30000;
+        long long deadline = bm_mono_ms() + 30000;
         batch_open_final(e);
-        while (e->nbatch > 1 && bm_coord_mono_ms() < deadline) {
+        while (e->nbatch > 1 && bm_mono_ms() < deadline) {
             bm_producer_poll(e->producer, 20);
             if (retire(e) != BM_OK)
                 break;

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "audit.h"
+#include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/policy.h"
 #include "conf/topics.h"
@@ -338,8 +339,8 @@ static int authorise(const struct bm_intake *in, const struct bm_bus_msg *m,
 static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
 {
     char err[512] = "";
-    int64_t now = bm_coord_wall_ms();
-    int64_t mono = bm_coord_mono_ms();
+    int64_t now = bm_wall_ms();
+    int64_t mono = bm_mono_ms();
     size_t max = (size_t)in->conf->coordinator.max_job_bytes;
 
     /* Size first: nothing of an oversized value is read. */
@@ -549,7 +550,8 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
         goto fail;
     }
     char writer[160];
-    snprintf(writer, sizeof writer, "%.100s/intake/%lld", ctx->conf->node_id, bm_coord_wall_ms());
+    snprintf(writer, sizeof writer, "%.100s/intake/%lld", ctx->conf->node_id,
+             (long long)bm_wall_ms());
     in->audit = bm_audit_new(writer, err, errlen);
     if (in->audit == NULL)
         goto fail;

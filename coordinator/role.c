@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "conf/conf.h"
 #include "store/redis.h"
@@ -48,19 +47,6 @@ int bm_coord_stopping(const struct bm_coord_ctx *ctx)
     return atomic_load(&((struct bm_coord_ctx *)ctx)->stop) != 0;
 }
 
-long long bm_coord_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-long long bm_coord_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
                                            const struct bm_bus_msg *m, const char *agency,

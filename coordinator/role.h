@@ -61,8 +61,6 @@ struct bm_redis *bm_coord_redis(const struct bm_coord_ctx *ctx, char *err, size_
 /* 1 once ctx->stop is set. */
 int bm_coord_stopping(const struct bm_coord_ctx *ctx);
 
-/* Monotonic and wall-clock milliseconds. */
-long long bm_coord_mono_ms(void);
 
 /* Authorise a record that passed validation under 'policy' (NULL: allow
  * all; docs/wire.md "Signatures"): may 'agency' do 'op' on 'gallery', and
@@ -74,6 +72,5 @@ Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
                                            const struct bm_bus_msg *m, const char *agency,
                                            const char *gallery, enum bm_policy_op op,
                                            char *why, size_t whylen);
-long long bm_coord_wall_ms(void);
 
 #endif /* BM_COORD_ROLE_H */

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "crypto/atrest.h"
 #include "gallery.h"
 #include "keymap.h"
@@ -444,7 +445,7 @@ static int buffer_keyed(struct bm_gshard *sh, struct sbuf *b, int64_t offset, ui
             return BM_ENOMEM;
         slot = b->n++;
         if (b->n == 1)
-            b->first_ms = bm_coord_mono_ms();
+            b->first_ms = bm_mono_ms();
     } else if (!b->e[slot].del) {
         b->est_bytes -= row_cost(sh->stride, sh->int8, b->e[slot].idlen);
     }
@@ -462,7 +463,7 @@ static int buffer_keyed(struct bm_gshard *sh, struct sbuf *b, int64_t offset, ui
     }
     if (offset > b->last_offset)
         b->last_offset = offset;
-    b->last_ms = bm_coord_mono_ms();
+    b->last_ms = bm_mono_ms();
     return BM_OK;
 }
 
@@ -729,7 +730,7 @@ static int outseg_alloc(struct outseg *o, size_t cap, size_t tbytes)
 static int publish(struct bm_gshard *sh, struct sbuf *b, int replace, struct bm_manifest *base,
                    int64_t end, char *err, size_t errlen)
 {
-    long long t0 = bm_coord_mono_ms();
+    long long t0 = bm_mono_ms();
     int rc = BM_OK;
     struct ord *ord = malloc((b->n ? b->n : 1) * sizeof *ord);
     struct bm_segref *refs = NULL;
@@ -846,7 +847,7 @@ static int publish(struct bm_gshard *sh, struct sbuf *b, int replace, struct bm_
     if (ch.log_offset < base->log_offset)
         ch.log_offset = base->log_offset;
     ch.subjects = (uint32_t)bm_keymap_count(sh->index);
-    ch.updated_unix_ms = bm_coord_wall_ms();
+    ch.updated_unix_ms = bm_wall_ms();
     if ((rc = bm_manifest_next(base, &ch, &next, err, errlen)) != BM_OK)
         goto out;
     if ((rc = cas_publish(sh, base->version, next, cas_drop, ncas_drop, err, errlen)) != BM_OK)
@@ -857,7 +858,7 @@ static int publish(struct bm_gshard *sh, struct sbuf *b, int replace, struct bm_
     sh->man = next;
     next = NULL;
     sh->stale = 0;
-    sh->last_publish_ms = bm_coord_mono_ms();
+    sh->last_publish_ms = bm_mono_ms();
     bm_counter_add(sh->c_sealed, nrefs);
     bm_histogram_observe(sh->h_seal, (double)(sh->last_publish_ms - t0) / 1000.0);
     update_gauges(sh);
@@ -909,7 +910,7 @@ static int rebuild(struct bm_gshard *sh, const char *why, char *err, size_t errl
             BM_LF_STR("gallery", sh->gallery), BM_LF_INT("shard", sh->shard),
             BM_LF_STR("reason", why));
     bm_counter_inc(sh->c_rebuilds);
-    long long t0 = bm_coord_mono_ms();
+    long long t0 = bm_mono_ms();
     struct sbuf rb;
     int rc = sbuf_init(&rb, sh->tbytes);
     if (rc != BM_OK)
@@ -948,7 +949,7 @@ static int rebuild(struct bm_gshard *sh, const char *why, char *err, size_t errl
                 BM_LF_STR("gallery", sh->gallery), BM_LF_STR("reason", why),
                 BM_LF_INT("shard", sh->shard), BM_LF_INT("subjects", bm_keymap_count(sh->index)),
                 BM_LF_INT("version", sh->man->version), BM_LF_INT("log_offset", end),
-                BM_LF_INT("ms", bm_coord_mono_ms() - t0));
+                BM_LF_INT("ms", bm_mono_ms() - t0));
     }
     return rc;
 }
@@ -1131,7 +1132,7 @@ struct bm_gshard *bm_gshard_open(const struct bm_gshard_env *env,
     register_metrics(sh, err, errlen);
     if (sync_shard(sh, err, errlen) != BM_OK)
         goto fail;
-    sh->last_publish_ms = bm_coord_mono_ms();
+    sh->last_publish_ms = bm_mono_ms();
     BM_LOGF(BM_LOG_INFO, "shard opened", BM_LF_STR("gallery", sh->gallery),
             BM_LF_INT("shard", sh->shard), BM_LF_INT("version", sh->man->version),
             BM_LF_INT("log_offset", sh->man->log_offset),
@@ -1217,7 +1218,7 @@ int bm_gshard_compact(struct bm_gshard *sh)
     uint64_t newest = sh->man->segments[sh->man->nsegments - 1].id;
     size_t live = bm_keymap_count(sh->index);
     int64_t limit = sh->env.segment_max_bytes - BM_SEGBLOB_HEADER_BYTES;
-    long long t0 = bm_coord_mono_ms();
+    long long t0 = bm_mono_ms();
     int rc = BM_OK;
     struct bm_subjects *names = bm_subjects_new(live, err, sizeof err);
     struct outseg all = {0};
@@ -1325,7 +1326,7 @@ int bm_gshard_compact(struct bm_gshard *sh)
     ch.ntombstones = 0;
     ch.log_offset = sh->man->log_offset;
     ch.subjects = (uint32_t)all.n;
-    ch.updated_unix_ms = bm_coord_wall_ms();
+    ch.updated_unix_ms = bm_wall_ms();
     if ((rc = bm_manifest_next(sh->man, &ch, &next, err, sizeof err)) != BM_OK)
         goto out;
     rc = cas_publish(sh, sh->man->version, next, drop, sh->man->nsegments, err, sizeof err);
@@ -1351,12 +1352,12 @@ int bm_gshard_compact(struct bm_gshard *sh)
     bm_counter_inc(sh->c_compactions);
     bm_counter_add(sh->c_sealed, nrefs);
     update_gauges(sh);
-    sh->last_publish_ms = bm_coord_mono_ms();
+    sh->last_publish_ms = bm_mono_ms();
     BM_LOGF(BM_LOG_INFO, "shard compacted", BM_LF_STR("gallery", sh->gallery),
             BM_LF_INT("shard", sh->shard), BM_LF_INT("segments_before", before),
             BM_LF_INT("segments", nrefs), BM_LF_INT("tombstones_dropped", tombs_before),
             BM_LF_INT("subjects", all.n), BM_LF_INT("version", sh->man->version),
-            BM_LF_INT("ms", bm_coord_mono_ms() - t0));
+            BM_LF_INT("ms", bm_mono_ms() - t0));
 out:
     if (rc != BM_OK)
         BM_LOGF(BM_LOG_WARN, "compaction failed", BM_LF_STR("gallery", sh->gallery),

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "obs/http.h"
 #include "obs/log.h"
@@ -222,7 +223,7 @@ static void do_load(struct wk *w, struct bm_redis *r, struct wk_shard *s)
     struct wk_gallery *g = s->g;
     struct bm_shard *sh =
         bm_shard_load_keyring(r, g->def, s->index, w->pool, w->keyring, &rc, err, sizeof err);
-    int64_t now = wk_now_mono_ms();
+    int64_t now = bm_mono_ms();
     if (sh == NULL) {
         backoff(s, now);
         BM_LOGF(rc == BM_ENOTFOUND ? BM_LOG_INFO : BM_LOG_WARN,
@@ -253,7 +254,7 @@ static void do_refresh(struct wk *w, struct bm_redis *r, struct wk_shard *s)
     char err[512];
     int changed = 0;
     int rc = bm_shard_refresh(s->shard, r, &changed, err, sizeof err);
-    int64_t now = wk_now_mono_ms();
+    int64_t now = bm_mono_ms();
     if (rc != BM_OK) {
         /* The held version stays usable; only following stalls. */
         backoff(s, now);
@@ -293,14 +294,14 @@ static void *loader_main(void *arg)
 {
     struct wk *w = arg;
     struct bm_redis *r = NULL;
-    int64_t next_redis = 0, next_lag = wk_now_mono_ms() + 1000;
+    int64_t next_redis = 0, next_lag = bm_mono_ms() + 1000;
     char err[256];
     struct wk_lag *lag = wk_lag_new(w, err, sizeof err);
     if (lag == NULL)
         BM_LOGF(BM_LOG_WARN, "consumer lag metric disabled", BM_LF_STR("error", err));
 
     while (!atomic_load(&w->loader_stop)) {
-        int64_t now = wk_now_mono_ms();
+        int64_t now = bm_mono_ms();
         if (r == NULL && now >= next_redis) {
             r = redis_connect(w);
             if (r == NULL)
@@ -342,10 +343,10 @@ static void *loader_main(void *arg)
             do_refresh(w, r, job);
         if (r != NULL && bm_redis_err(r) != BM_OK)
             bm_redis_clear_err(r);
-        now = wk_now_mono_ms();
+        now = bm_mono_ms();
         if (lag != NULL && now >= next_lag) {
             wk_lag_sample(w, lag);
-            next_lag = wk_now_mono_ms() + WK_LAG_INTERVAL_MS;
+            next_lag = bm_mono_ms() + WK_LAG_INTERVAL_MS;
         }
         if (job != NULL)
             continue; /* look for more work at once */

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -188,7 +189,7 @@ static void score_verify(struct wk *w, struct scratch *sc, struct wk_task *t)
         return;
     }
     uint64_t version = atomic_load(&t->shard->version);
-    int64_t t0 = wk_now_mono_us();
+    int64_t t0 = bm_mono_us();
     const char *claimed = t->msg->claimed_subject;
     uint64_t key = bm_subject_key(claimed, strlen(claimed));
     struct bm_gallery *gal = bm_shard_gallery(t->shard->shard);
@@ -207,7 +208,7 @@ static void score_verify(struct wk *w, struct scratch *sc, struct wk_task *t)
             continue;
         add_cand(sc, &n, t->shard->shard, key, score, 1, (uint32_t)i, t->shard->index);
     }
-    int64_t t1 = wk_now_mono_us();
+    int64_t t1 = bm_mono_us();
     Biomatch__V1__PartialResult pr;
     partial_init(&pr, t);
     pr.n_candidates = n;
@@ -264,10 +265,10 @@ static void score_identify(struct wk *w, struct scratch *sc, struct wk_task **ta
     uint64_t version = atomic_load(&s->version);
     char err[256];
     uint64_t comparisons = 0;
-    int64_t t0 = wk_now_mono_us();
+    int64_t t0 = bm_mono_us();
     int rc = bm_gallery_search(bm_shard_gallery(s->shard), sc->probes, np, k, thr, sc->out,
                                &comparisons, err, sizeof err);
-    int64_t t1 = wk_now_mono_us();
+    int64_t t1 = bm_mono_us();
     if (rc != BM_OK) {
         for (size_t i = 0; i < nt; i++)
             answer_error(w, tasks[i], BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INTERNAL, err,
@@ -313,7 +314,7 @@ static void score_identify(struct wk *w, struct scratch *sc, struct wk_task **ta
 static int triage(struct wk *w, struct wk_task *t, struct wk_task **parked)
 {
     const Biomatch__V1__MatchTask *m = t->msg;
-    int64_t now_unix = wk_now_unix_ms();
+    int64_t now_unix = bm_wall_ms();
     if (m->deadline_unix_ms > 0 && now_unix > m->deadline_unix_ms) {
         char why[128];
         snprintf(why, sizeof why, "deadline passed %lld ms before scoring",
@@ -324,7 +325,7 @@ static int triage(struct wk *w, struct wk_task *t, struct wk_task **parked)
     }
     uint64_t have = atomic_load(&t->shard->version);
     if (m->min_gallery_version > have) {
-        int64_t now = wk_now_mono_ms();
+        int64_t now = bm_mono_ms();
         if (t->park_until_ms == 0) {
             t->park_until_ms = now + w->conf->worker.min_version_wait_ms;
             atomic_store(&t->shard->refresh_now, 1);
@@ -449,7 +450,7 @@ static void *scorer_main(void *arg)
                     batch[nb++] = t;
                     np += probes_of(t);
                 }
-                int64_t now = wk_now_mono_us();
+                int64_t now = bm_mono_us();
                 if (np >= max_probes || now >= until || atomic_load(&w->scorer_stop))
                     break;
                 struct timespec ts;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "conf/args.h"
 #include "crypto/keyring.h"
@@ -38,26 +39,6 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
-int64_t wk_now_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t wk_now_mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-int64_t wk_now_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void usage(FILE *f)
 {
@@ -123,7 +104,7 @@ static int load_definitions(struct wk *w)
             bm_redis_close(r);
             return BM_OK;
         }
-        int64_t now = wk_now_mono_ms();
+        int64_t now = bm_mono_ms();
         if (now - last_log >= 10000) {
             BM_LOGF(BM_LOG_WARN, "waiting for gallery definitions",
                     BM_LF_STR("gallery", w->gal[done].name), BM_LF_STR("error", err));
@@ -298,7 +279,7 @@ static int run(struct wk *w)
         poll_once(w, 5);
         if (w->http != NULL)
             bm_http_heartbeat(w->http);
-        int64_t now = wk_now_mono_ms();
+        int64_t now = bm_mono_ms();
         int waiting = wk_resume_ready(w);
         if (w->http != NULL && (waiting == 0) != (ready == 1)) {
             char why[64];
@@ -321,14 +302,14 @@ static int run(struct wk *w)
 static void drain(struct wk *w)
 {
     char err[256];
-    int64_t deadline = wk_now_mono_ms() + w->conf->worker.drain_timeout_ms;
+    int64_t deadline = bm_mono_ms() + w->conf->worker.drain_timeout_ms;
     BM_LOGF(BM_LOG_INFO, "draining", BM_LF_INT("timeout_ms", w->conf->worker.drain_timeout_ms));
     atomic_store(&w->draining, 1);
     if (w->http != NULL)
         bm_http_set_ready(w->http, false, "draining");
     wk_pause_all(w);
     wk_scorer_finish(w);
-    while (wk_now_mono_ms() < deadline) {
+    while (bm_mono_ms() < deadline) {
         poll_once(w, 0);
         if (atomic_load(&w->scorer_done) && bm_producer_outstanding(w->producer) == 0)
             break;
@@ -336,7 +317,7 @@ static void drain(struct wk *w)
         if (w->http != NULL)
             bm_http_heartbeat(w->http);
     }
-    int64_t left = deadline - wk_now_mono_ms();
+    int64_t left = deadline - bm_mono_ms();
     if (bm_producer_flush(w->producer, left > 0 ? (int)left : 0) != BM_OK ||
         !atomic_load(&w->scorer_done))
         BM_LOGF(BM_LOG_WARN, "drain timed out; unanswered tasks will be redelivered",

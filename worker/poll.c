@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "obs/log.h"
 #include "wire/decode.h"
@@ -131,7 +132,7 @@ void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
         e->traceparent[tp->len] = '\0';
     }
     e->submitted_unix_ms = task->submitted_unix_ms;
-    int64_t now_us = wk_now_mono_us();
+    int64_t now_us = bm_mono_us();
     bm_bus_msg_free(m);
 
     Biomatch__V1__ErrorCode code = validate(g, p, task, err, sizeof err);

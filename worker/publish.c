@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -135,7 +136,7 @@ static void on_delivery(const struct bm_delivery *d, void *opaque)
         return; /* left undone: the prefix stops here and a restart redelivers */
     }
     if (e->submitted_unix_ms > 0) {
-        int64_t now = wk_now_unix_ms();
+        int64_t now = bm_wall_ms();
         if (now >= e->submitted_unix_ms)
             bm_histogram_observe(p->g->e2e_seconds, (double)(now - e->submitted_unix_ms) / 1000.0);
     }

@@ -169,10 +169,6 @@ struct wk {
     atomic_int draining;
 };
 
-/* time.c-free helpers (main.c) */
-int64_t wk_now_mono_ms(void);
-int64_t wk_now_mono_us(void);
-int64_t wk_now_unix_ms(void);
 
 /* assign.c: rebalance callbacks, resume of loaded partitions, readiness,
  * and the loader thread. */

@@ -74,7 +74,7 @@ struct bb_ctx {
     const char *recall_reference;        /* "faiss", "ours-f32-scalar" or NULL */
     struct bb_row *rows;
     size_t nrows, caprows;
-    double t0;                           /* bb_now() at start */
+    double t0;                           /* bm_mono_s() at start */
     char notes[8][256];
     size_t nnotes;
 };

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "par.h"
+#include "common/clock.h"
 
 /* Keeps every checksum observable, so no loop is optimised away; atomic
  * because every measuring thread adds to it. */
@@ -62,9 +63,9 @@ double bb_read_bandwidth(size_t bytes, unsigned threads, int runs)
     struct read_job job = {buf, __builtin_cpu_supports("avx2")};
     double best = 0;
     for (int r = 0; r < (runs < 1 ? 1 : runs); r++) {
-        double t0 = bb_now();
+        double t0 = bm_mono_s();
         bb_parallel(threads, pages, read_range, &job);
-        double dt = bb_now() - t0;
+        double dt = bm_mono_s() - t0;
         double gbs = (double)(pages * 4096) / dt / 1e9;
         if (gbs > best)
             best = gbs;
@@ -157,9 +158,9 @@ double bb_popcount_limit(const uint8_t *const *rows, size_t nrows, size_t code_b
         return 0;
     double best = 0;
     for (int r = 0; r < (runs < 1 ? 1 : runs); r++) {
-        double t0 = bb_now();
+        double t0 = bm_mono_s();
         bb_parallel(threads, nrows, pop_range, &job);
-        double dt = bb_now() - t0;
+        double dt = bm_mono_s() - t0;
         double rate = (double)nrows * (double)nshift / dt;
         if (rate > best)
             best = rate;

@@ -14,6 +14,7 @@
 #include "bench.h"
 #include "hw.h"
 #include "par.h"
+#include "common/clock.h"
 
 #ifndef BB_SOURCE_DIR
 #define BB_SOURCE_DIR "bench"
@@ -284,7 +285,7 @@ static double load_1m(void)
 int main(int argc, char **argv)
 {
     static struct bb_ctx c;
-    double t0 = bb_now();
+    double t0 = bm_mono_s();
     c.t0 = t0;
     c.m.loadavg[0] = load_1m();
     if (parse_args(&c.o, argc, argv) != 0)
@@ -322,7 +323,7 @@ int main(int argc, char **argv)
             bb_note(&c, "1-minute load %.2f exceeded the %u cores at the %s: other processes "
                         "competed for the CPU, so the figures are pessimistic and noisy",
                     c.m.loadavg[i], c.m.cores, i ? "end" : "start");
-    double elapsed = bb_now() - t0;
+    double elapsed = bm_mono_s() - t0;
     if (c.o.json) {
         if (bb_report_json(&c, elapsed) != 0)
             rc = 1;

@@ -4,7 +4,6 @@
 #include "par.h"
 
 #include <pthread.h>
-#include <time.h>
 #include <unistd.h>
 
 #define BB_MAX_THREADS 256
@@ -57,12 +56,6 @@ int bb_parallel(unsigned nthreads, size_t n, bb_range_fn fn, void *arg)
     return rc;
 }
 
-double bb_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 unsigned bb_ncpus(void)
 {

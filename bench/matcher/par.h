@@ -18,8 +18,6 @@ typedef void (*bb_range_fn)(void *arg, size_t begin, size_t end, unsigned thread
  * the missing ranges ran on the caller, so the work is still complete). */
 int bb_parallel(unsigned nthreads, size_t n, bb_range_fn fn, void *arg);
 
-/* Monotonic seconds. */
-double bb_now(void);
 
 /* Online CPUs (>= 1). */
 unsigned bb_ncpus(void);

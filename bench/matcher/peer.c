@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "par.h"
+#include "common/clock.h"
 
 #define PEER_MAX_OUTPUT (64u << 20)
 
@@ -36,7 +37,7 @@ static char *read_all(int fd, double deadline, char *why, size_t whylen)
         return NULL;
     }
     for (;;) {
-        double left = deadline - bb_now();
+        double left = deadline - bm_mono_s();
         if (left <= 0) {
             snprintf(why, whylen, "faiss peer timed out");
             free(buf);
@@ -186,7 +187,7 @@ int bb_peer_run(struct bb_peer *p, const struct bb_peer_args *a)
     }
     close(fds[1]);
     char why[256] = "";
-    char *out = read_all(fds[0], bb_now() + a->timeout_s, why, sizeof why);
+    char *out = read_all(fds[0], bm_mono_s() + a->timeout_s, why, sizeof why);
     close(fds[0]);
     if (!out)
         kill(pid, SIGKILL);

@@ -15,6 +15,7 @@
 #include "bench.h"
 #include "hw.h"
 #include "par.h"
+#include "common/clock.h"
 
 struct bb_row *bb_row_add(struct bb_ctx *c)
 {
@@ -50,7 +51,7 @@ void bb_progress(const struct bb_ctx *c, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "biomatch-bench [%6.1fs]: ", bb_now() - c->t0);
+    fprintf(stderr, "biomatch-bench [%6.1fs]: ", bm_mono_s() - c->t0);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -143,12 +144,12 @@ double bb_measure(const struct bb_ctx *c, struct bm_gallery *g, const struct bm_
     struct bm_candidate *out = malloc((size_t)batch * BB_K * sizeof *out);
     if (!out)
         return -1;
-    double best = -1, row_t0 = bb_now();
+    double best = -1, row_t0 = bm_mono_s();
     size_t start = 0;
     int reps = c->o.reps < 1 ? 1 : c->o.reps;
     for (int rep = 0; rep < reps; rep++) {
         uint64_t comps = 0;
-        double t0 = bb_now(), dt;
+        double t0 = bm_mono_s(), dt;
         do {
             if (start + batch > nprobes)
                 start = 0;
@@ -161,12 +162,12 @@ double bb_measure(const struct bb_ctx *c, struct bm_gallery *g, const struct bm_
             }
             comps += n ? n : (uint64_t)batch * bm_gallery_count(g);
             start += batch;
-            dt = bb_now() - t0;
+            dt = bm_mono_s() - t0;
         } while (dt < c->o.min_time);
         double rate = (double)comps / dt;
         if (rate > best)
             best = rate;
-        if (bb_now() - row_t0 > c->o.row_budget)
+        if (bm_mono_s() - row_t0 > c->o.row_budget)
             break;
     }
     free(out);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "match/gallery.h"
 #include "match/pool.h"
 #include "npy.h"
@@ -119,14 +120,14 @@ int rp_bare(int argc, char **argv)
             comps += warm ? 0 : c;
         }
         if (warm) {
-            t0 = rp_mono_us();
+            t0 = bm_mono_us();
             continue;
         }
         jobs += batch;
-        if (rp_mono_us() - t0 >= (int64_t)(seconds * 1e6))
+        if (bm_mono_us() - t0 >= (int64_t)(seconds * 1e6))
             break;
     }
-    double el = (double)(rp_mono_us() - t0) / 1e6;
+    double el = (double)(bm_mono_us() - t0) / 1e6;
     double jps = (double)jobs / el;
     if (json) {
         cJSON *o = cJSON_CreateObject();

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "wire/decode.h"
 
 #define HIST_DIGITS 3
@@ -108,7 +109,7 @@ static void finish(struct rp_engine *e, size_t s, int status, const Biomatch__V1
         return; /* duplicate (at-least-once) or a result after we gave up */
     sl->state = 2;
     e->inflight--;
-    int64_t now = rp_mono_us();
+    int64_t now = bm_mono_us();
     e->last_done_us = now;
     if (!sl->measured)
         return;
@@ -205,7 +206,7 @@ struct rp_engine *rp_engine_new(const struct bm_replay *file, const struct rp_en
     e->o = *o;
     pthread_mutex_init(&e->mu, NULL);
     snprintf(e->run, sizeof e->run, "r%05x",
-             (unsigned)((uint64_t)rp_now_ms() ^ ((uint64_t)getpid() << 12)) & 0xfffffu);
+             (unsigned)((uint64_t)bm_wall_ms() ^ ((uint64_t)getpid() << 12)) & 0xfffffu);
     if (file->nrecords == 0) {
         bm_seterr(err, errlen, BM_EINVAL, "the replay file holds no records");
         goto fail;
@@ -350,7 +351,7 @@ static void progress(struct rp_engine *e, int final)
 {
     pthread_mutex_lock(&e->mu);
     struct rp_step_result *r = e->res;
-    double el = (double)(rp_mono_us() - e->t0_us) / 1e6;
+    double el = (double)(bm_mono_us() - e->t0_us) / 1e6;
     uint64_t sent = 0;
     for (size_t i = 0; i < e->nslots; i++)
         sent += e->slots[i].state != 0;
@@ -368,7 +369,7 @@ static uint8_t *rewrite(struct rp_engine *e, uint32_t rec, const char *id, size_
     Biomatch__V1__MatchJob *j = e->jobs[rec];
     char *old_id = j->job_id;
     int64_t old_sub = j->submitted_unix_ms, old_dl = j->deadline_unix_ms;
-    int64_t now = rp_now_ms();
+    int64_t now = bm_wall_ms();
     j->job_id = (char *)id;
     j->submitted_unix_ms = now;
     /* Keep the job's deadline budget (deadline - submitted), re-based on
@@ -430,7 +431,7 @@ int rp_engine_step(struct rp_engine *e, const struct rp_step_spec *s, struct rp_
             map[b] = (uint32_t)i + 1;
         }
     }
-    e->t0_us = rp_mono_us();
+    e->t0_us = bm_mono_us();
     pthread_mutex_unlock(&e->mu);
 
     int64_t last_progress = e->t0_us, first_send = 0, last_send = 0;
@@ -439,7 +440,7 @@ int rp_engine_step(struct rp_engine *e, const struct rp_step_spec *s, struct rp_
     for (size_t i = 0; i < n && rc == BM_OK; i++) {
         int64_t due = e->t0_us + sl[i].sched_us;
         for (;;) {
-            int64_t now = rp_mono_us();
+            int64_t now = bm_mono_us();
             if (e->o.progress && now - last_progress >= 1000000) {
                 progress(e, 0);
                 last_progress = now;
@@ -484,7 +485,7 @@ int rp_engine_step(struct rp_engine *e, const struct rp_step_spec *s, struct rp_
         }
         op->e = e;
         op->slot = i;
-        int64_t now = rp_mono_us();
+        int64_t now = bm_mono_us();
         pthread_mutex_lock(&e->mu);
         sl[i].state = 1;
         e->inflight++;
@@ -522,10 +523,10 @@ int rp_engine_step(struct rp_engine *e, const struct rp_step_spec *s, struct rp_
     /* Wait for stragglers: until nothing is in flight, or the grace period
      * after the last scheduled send has passed. */
     int64_t end_sched = e->t0_us + sl[n - 1].sched_us;
-    int64_t deadline = (rp_mono_us() > end_sched ? rp_mono_us() : end_sched) +
+    int64_t deadline = (bm_mono_us() > end_sched ? bm_mono_us() : end_sched) +
                        (int64_t)(e->o.grace_s * 1e6);
     for (;;) {
-        int64_t now = rp_mono_us();
+        int64_t now = bm_mono_us();
         pthread_mutex_lock(&e->mu);
         uint64_t infl = e->inflight;
         pthread_mutex_unlock(&e->mu);
@@ -547,7 +548,7 @@ int rp_engine_step(struct rp_engine *e, const struct rp_step_spec *s, struct rp_
         if (sl[i].state == 1 && sl[i].measured)
             res->lost++;
     }
-    res->elapsed_s = (double)(rp_mono_us() - e->t0_us) / 1e6;
+    res->elapsed_s = (double)(bm_mono_us() - e->t0_us) / 1e6;
     /* Throughput: results over the span from the first measured scheduled
      * send to the last result; publish rate: sends over the send span. */
     double span = first_measured >= 0 && e->last_done_us > e->t0_us + first_measured

@@ -17,6 +17,7 @@
 #include "npy.h"
 #include "replay.h"
 #include "replayfile.h"
+#include "common/clock.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
 
@@ -147,7 +148,7 @@ int rp_gen(int argc, char **argv)
         else
             ni[nn++] = i;
     }
-    w = bm_replay_writer_open(out, "jobs", rp_now_ms(), err, sizeof err);
+    w = bm_replay_writer_open(out, "jobs", bm_wall_ms(), err, sizeof err);
     if (w == NULL) {
         fprintf(stderr, "biomatch-replay: %s\n", err);
         goto out;

@@ -17,6 +17,7 @@
 
 #include "replay.h"
 #include "replayfile.h"
+#include "common/clock.h"
 
 struct cap {
     int64_t ts;              /* record timestamp, ms */
@@ -100,9 +101,9 @@ int rp_record(int argc, char **argv)
     signal(SIGTERM, on_signal);
     fprintf(stderr, "biomatch-replay: recording %s (%d partitions)%s\n", topic, nparts,
             dur_s ? "" : "; Ctrl-C stops");
-    int64_t t0 = rp_mono_us(), last = t0;
+    int64_t t0 = bm_mono_us(), last = t0;
     while (!stop_flag && n < count) {
-        int64_t now = rp_mono_us();
+        int64_t now = bm_mono_us();
         if (dur_s && now - t0 >= (int64_t)(dur * 1e6))
             break;
         if (idle_s && n > 0 && now - last >= (int64_t)(idle * 1e6))
@@ -126,12 +127,12 @@ int rp_record(int argc, char **argv)
             caps = g;
             cap = nc;
         }
-        caps[n] = (struct cap){ m->timestamp_ms >= 0 ? m->timestamp_ms : rp_now_ms(), n, m };
+        caps[n] = (struct cap){ m->timestamp_ms >= 0 ? m->timestamp_ms : bm_wall_ms(), n, m };
         n++;
-        last = rp_mono_us();
+        last = bm_mono_us();
     }
     qsort(caps, n, sizeof *caps, cmp_cap);
-    struct bm_replay_writer *w = bm_replay_writer_open(out, topic, rp_now_ms(), err, sizeof err);
+    struct bm_replay_writer *w = bm_replay_writer_open(out, topic, bm_wall_ms(), err, sizeof err);
     if (w == NULL) {
         fprintf(stderr, "biomatch-replay: %s\n", err);
         goto out;

@@ -61,9 +61,6 @@ void rp_topic(char *buf, size_t len, const struct rp_kafka *k, const char *expli
 int rp_topic_offsets(const struct bm_bus_conf *conf, const char *topic, int *partitions,
                      int64_t **hw, char *err, size_t errlen);
 
-/* Wall clock Unix ms and monotonic microseconds. */
-int64_t rp_now_ms(void);
-int64_t rp_mono_us(void);
 
 /* Subcommands; argv[0] is the subcommand. Return the exit code. */
 int rp_record(int argc, char **argv);

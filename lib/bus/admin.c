@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 
 struct bm_admin {
@@ -18,13 +19,6 @@ struct bm_admin {
     rd_kafka_t *rk;
     rd_kafka_conf_t *probe_conf; /* a copy for bm_admin_cluster_info's probe */
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
                               size_t errlen)
@@ -112,7 +106,7 @@ static int wait_topic(struct bm_admin *a, const char *topic, int want,
                       int64_t deadline, char *err, size_t errlen)
 {
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - bm_mono_ms();
         int have = 0;
         int rc = partitions_once(a, topic, left > 1000 ? 1000 : (left > 0 ? (int)left : 1),
                                  &have, err, errlen);
@@ -124,7 +118,7 @@ static int wait_topic(struct bm_admin *a, const char *topic, int want,
                              have, want);
         if (rc != BM_ENOTFOUND && rc != BM_ETIMEDOUT)
             return rc;
-        if (now_ms() >= deadline)
+        if (bm_mono_ms() >= deadline)
             return bm_seterr(err, errlen, BM_ETIMEDOUT,
                              "topic %s: not in metadata in time", topic);
         struct timespec ts = {0, 50 * 1000000L};
@@ -140,7 +134,7 @@ int bm_admin_create_topics(struct bm_admin *a,
         return BM_OK;
     if (topics == NULL || n > 1024 || timeout_ms <= 0)
         return bm_seterr(err, errlen, BM_EINVAL, "create topics: bad arguments");
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = bm_mono_ms() + timeout_ms;
     char msg[512];
     int rc = BM_OK;
     rd_kafka_NewTopic_t **nt = calloc(n, sizeof *nt);

@@ -5,6 +5,7 @@
  * heartbeat is a monotonic-clock millisecond stamp in an atomic. */
 #include "obs/http.h"
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "obs/metrics.h"
 
@@ -29,13 +30,6 @@ struct bm_http {
     pthread_mutex_t reason_lock;  /* guards 'reason' */
     char reason[256];
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Queue a response whose body is a malloc'd buffer MHD takes over. */
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body,
@@ -100,7 +94,7 @@ answer:
         return reply(conn, MHD_HTTP_OK, text, len, "text/plain; version=0.0.4; charset=utf-8");
     }
     if (strcmp(url, "/livez") == 0) {
-        int64_t age = mono_ms() - atomic_load(&h->heartbeat_ms);
+        int64_t age = bm_mono_ms() - atomic_load(&h->heartbeat_ms);
         if (h->max_age_ms > 0 && age > h->max_age_ms) {
             char msg[96];
             snprintf(msg, sizeof msg, "stale: last heartbeat %lld ms ago\n", (long long)age);
@@ -151,7 +145,7 @@ struct bm_http *bm_http_start(const struct bm_http_opts *opts, char *err, size_t
     }
     h->metrics = opts->metrics;
     h->max_age_ms = opts->max_heartbeat_age_ms;
-    atomic_init(&h->heartbeat_ms, mono_ms());
+    atomic_init(&h->heartbeat_ms, bm_mono_ms());
     atomic_init(&h->ready, false);
     pthread_mutex_init(&h->reason_lock, NULL);
     snprintf(h->reason, sizeof h->reason, "starting");
@@ -192,7 +186,7 @@ int bm_http_port(const struct bm_http *h)
 void bm_http_heartbeat(struct bm_http *h)
 {
     if (h != NULL)
-        atomic_store(&h->heartbeat_ms, mono_ms());
+        atomic_store(&h->heartbeat_ms, bm_mono_ms());
 }
 
 void bm_http_set_ready(struct bm_http *h, bool ready, const char *reason)

@@ -16,8 +16,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "crypto/atrest.h"
 #include "match/gallery.h"
 #include "store/galdef.h"
@@ -44,13 +44,6 @@ struct bm_shard {
     double last_ms;
     const struct bm_keyring *kr;     /* borrowed at-rest keys; NULL = none */
 };
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 /* GET and decode the shard's manifest. BM_ENOTFOUND when absent. */
 static int get_manifest(struct bm_redis *r, const char *gallery, uint32_t shard,
@@ -197,7 +190,7 @@ static int apply(struct bm_shard *s, struct bm_redis *r, struct bm_manifest *to,
     struct bm_manifest_diff d;
     struct bm_segment **segs = NULL;
     uint64_t *tomb = NULL, bytes = 0;
-    double t0 = now_ms();
+    double t0 = bm_mono_s();
     int rc = bm_manifest_diff(s->man, to, &d, err, errlen);
     if (rc != BM_OK)
         return rc;
@@ -235,7 +228,7 @@ static int apply(struct bm_shard *s, struct bm_redis *r, struct bm_manifest *to,
     s->last_bytes = bytes;
     s->last_segments = d.nadded;
     s->total_bytes += bytes;
-    s->last_ms = now_ms() - t0;
+    s->last_ms = (bm_mono_s() - t0) * 1e3;
 out:
     if (segs != NULL) {
         for (size_t i = 0; i < d.nadded; i++)

@@ -9,6 +9,7 @@
  * process with SIGPIPE. */
 #include "store/transport.h"
 
+#include "common/clock.h"
 #include "common/err.h"
 
 #include <errno.h>
@@ -22,28 +23,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 struct fd_impl {
     int fd;         /* connected, non-blocking stream socket */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* poll() one fd for 'events' for up to timeout_ms, retrying on EINTR with the
  * remaining time. Returns 1 when ready, 0 on timeout, -1 on error (errno). */
 static int wait_fd(int fd, short events, int timeout_ms)
 {
-    int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t deadline = bm_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
         struct pollfd p = { .fd = fd, .events = events, .revents = 0 };
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - bm_mono_ms();
         int rc = poll(&p, 1, left > 0 ? (int)left : 0);
         if (rc > 0)
             return 1;

@@ -19,6 +19,7 @@
  * call and nothing stale. */
 #include "store/transport.h"
 
+#include "common/clock.h"
 #include "common/err.h"
 
 #include <arpa/inet.h>
@@ -38,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 struct tls_impl {
@@ -46,13 +46,6 @@ struct tls_impl {
     SSL *ssl;       /* owns its BIO (which borrows this struct) */
     bool eof;       /* the peer closed the TCP stream (recv returned 0) */
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* poll() fd for 'events' until 'deadline' (monotonic ms), retrying on EINTR.
  * Returns 1 when ready, 0 on timeout, -1 on error (errno). A deadline in the
@@ -62,7 +55,7 @@ static int wait_until(int fd, short events, int64_t deadline)
 {
     for (;;) {
         struct pollfd p = { .fd = fd, .events = events, .revents = 0 };
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - bm_mono_ms();
         int rc = poll(&p, 1, left > 0 ? (left > INT32_MAX ? INT32_MAX : (int)left) : 0);
         if (rc > 0)
             return 1;
@@ -203,7 +196,7 @@ static int tls_read(struct bm_transport *t, void *buf, size_t cap, size_t *got,
                     int timeout_ms, char *err, size_t errlen)
 {
     struct tls_impl *im = t->impl;
-    int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t deadline = bm_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     *got = 0;
     for (;;) {
         /* SSL_read_ex first hands out bytes it already decrypted, so no
@@ -247,7 +240,7 @@ static int tls_write(struct bm_transport *t, const void *buf, size_t len, int ti
 {
     struct tls_impl *im = t->impl;
     const char *p = buf;
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = bm_mono_ms() + timeout_ms;
     while (len > 0) {
         size_t n = 0;
         ERR_clear_error();
@@ -256,7 +249,7 @@ static int tls_write(struct bm_transport *t, const void *buf, size_t len, int ti
         if (SSL_write_ex(im->ssl, p, len, &n) == 1) {
             p += n;
             len -= n;
-            deadline = now_ms() + timeout_ms;   /* progress: a fresh wait */
+            deadline = bm_mono_ms() + timeout_ms;   /* progress: a fresh wait */
             continue;
         }
         int e = SSL_get_error(im->ssl, 0);
@@ -309,7 +302,7 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, char *err, siz
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
         int soerr = 0;
         socklen_t sl = sizeof soerr;
-        int w = errno == EINPROGRESS ? wait_until(fd, POLLOUT, now_ms() + timeout_ms) : -1;
+        int w = errno == EINPROGRESS ? wait_until(fd, POLLOUT, bm_mono_ms() + timeout_ms) : -1;
         if (w == 0)
             bm_seterr(err, errlen, BM_ETIMEDOUT, "connect timed out after %d ms", timeout_ms);
         else if (w < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0)
@@ -487,7 +480,7 @@ struct bm_transport *bm_transport_tls_dial(void *arg, const char *host, int port
         bm_seterr(err, errlen, BM_EIO, "TLS to %s:%d: %s", host, port, msg);
         return NULL;
     }
-    int64_t deadline = now_ms() + connect_timeout_ms;
+    int64_t deadline = bm_mono_ms() + connect_timeout_ms;
     for (;;) {
         ERR_clear_error();
         errno = 0;

@@ -1,6 +1,7 @@
 /* See testutil.h. */
 #include "testutil.h"
 
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -10,6 +11,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include "common/clock.h"
 
 const char *bm_test_env(const char *name)
 {
@@ -31,9 +33,7 @@ void bm_test_unique(char *buf, size_t len, const char *prefix)
 
 int64_t bm_test_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return bm_mono_ms();
 }
 
 static struct sockaddr_in loopback(int port)

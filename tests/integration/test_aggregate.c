@@ -15,6 +15,7 @@
 #include "audit.h"
 #include "jobtable.h"
 #include "merge.h"
+#include "common/clock.h"
 #include "obs/log.h"
 
 #include <signal.h>
@@ -69,9 +70,9 @@ static void send_opened(struct bm_producer *p, const char *topic, const char *id
     o.threshold = thr;
     o.deadline_unix_ms = deadline;
     o.reply_topic = (char *)(reply ? reply : "");
-    o.submitted_unix_ms = bm_coord_wall_ms() - 5;
-    o.received_unix_ms = bm_coord_wall_ms() - 3;
-    o.fanned_out_unix_ms = bm_coord_wall_ms() - 2;
+    o.submitted_unix_ms = bm_wall_ms() - 5;
+    o.received_unix_ms = bm_wall_ms() - 3;
+    o.fanned_out_unix_ms = bm_wall_ms() - 2;
     o.traceparent = (char *)(tp ? tp : "");
     o.probe_count = 1;
     send_partial(p, topic, &o);
@@ -139,7 +140,7 @@ static void test_aggregate_rules(void **state)
 
     const Biomatch__V1__MatchMode ID = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
     const Biomatch__V1__MatchMode VE = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY;
-    int64_t far = bm_coord_wall_ms() + 60000, near = bm_coord_wall_ms() + 2500;
+    int64_t far = bm_wall_ms() + 60000, near = bm_wall_ms() + 2500;
 
     /* A: a shard before its marker, out of order, a duplicate, threshold. */
     const char *a2[] = {"s-20", "s-21"};
@@ -325,7 +326,7 @@ static void send_job(struct bm_producer *p, const char *topic, int i, int last_s
         return;
     }
     send_opened(p, topic, id, 3, BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 1, 0, 0,
-                bm_coord_wall_ms() + 120000, NULL, NULL);
+                bm_wall_ms() + 120000, NULL, NULL);
     send_shard(p, topic, id, 3, 0, 0, 1, ids, sc, 1);
     send_shard(p, topic, id, 3, 1, 0, 1, ids, sc, 1);
 }

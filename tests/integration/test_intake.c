@@ -15,6 +15,7 @@
 #include "audit.h"
 #include "galcache.h"
 #include "intake.h"
+#include "common/clock.h"
 #include "obs/log.h"
 #include "wire/headers.h"
 #include "wire/shard.h"
@@ -87,7 +88,7 @@ static uint8_t *make_job(const char *id, const char *gal, Biomatch__V1__MatchMod
     j.top_k = top_k;
     j.claimed_subject = (char *)(claimed ? claimed : "");
     j.reply_topic = (char *)(reply ? reply : "");
-    j.submitted_unix_ms = bm_coord_wall_ms();
+    j.submitted_unix_ms = bm_wall_ms();
     return bm_wire_encode(&j.base, len);
 }
 

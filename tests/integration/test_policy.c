@@ -13,6 +13,7 @@
 #include "role.h"
 
 #include "intake.h"
+#include "common/clock.h"
 #include "obs/log.h"
 #include "wire/envelope.h"
 #include "wire/headers.h"
@@ -77,7 +78,7 @@ static uint8_t *make_job(const char *id, const char *agency, Biomatch__V1__Match
     j.top_k = 3;
     j.claimed_subject =
         (char *)(mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY ? "subject-1" : "");
-    j.submitted_unix_ms = bm_coord_wall_ms();
+    j.submitted_unix_ms = bm_wall_ms();
     return bm_wire_encode(&j.base, len);
 }
 
