@@ -81,7 +81,9 @@ void wk_on_assign(struct bm_consumer *c, const struct bm_bus_tp *tps, size_t n, 
         return;
     for (size_t i = 0; i < n; i++) {
         int32_t part = tps[i].partition;
-        /* Pause first: nothing may be fetched before the shard is loaded. */
+        /* Pause first: nothing may reach us before the shard is loaded
+         * (the bus defers the real pause to the first message, which it
+         * holds back until the resume). */
         bm_consumer_pause(c, g->topic, part);
         if (wk_part_find(g, part) != NULL)
             continue;

@@ -82,9 +82,20 @@ static Biomatch__V1__ErrorCode validate(const struct wk_gallery *g, const struct
 void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
 {
     struct wk_part *p = wk_part_find(g, m->partition);
-    if (p == NULL || p->paused || atomic_load(&w->draining)) {
-        /* Not ours (any more), or fetched just before a pause: leave it
-         * unstored; it is fetched again (here or by the next owner). */
+    if (p == NULL || atomic_load(&w->draining)) {
+        /* Not ours (any more), or we are leaving: unstored, it is fetched
+         * again by the partition's next owner. */
+        bm_bus_msg_free(m);
+        return;
+    }
+    if (p->paused) {
+        /* The bus never hands out a message of a paused partition (it
+         * holds them back). One here means that broke: its shard may not
+         * be loaded, and dropping it would skip it when the partition
+         * resumes. Stop, so it is redelivered. */
+        BM_LOGF(BM_LOG_ERROR, "task polled from a paused partition; stopping",
+                BM_LF_STR("gallery", g->name), BM_LF_INT("partition", m->partition));
+        atomic_store(&w->stuck, 1);
         bm_bus_msg_free(m);
         return;
     }
