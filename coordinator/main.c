@@ -91,20 +91,9 @@ static void sleep_ms(long ms)
 int main(int argc, char **argv)
 {
     struct bm_args args;
-    switch (bm_args_parse(argc, argv, &args)) {
-    case BM_ARGS_HELP:
-        usage(stdout);
-        return 0;
-    case BM_ARGS_VERSION:
-        printf("biomatch-coordinator %s\n", BM_VERSION);
-        return 0;
-    case BM_ARGS_BAD:
-        fprintf(stderr, "biomatch-coordinator: unknown argument '%s'\n", args.bad);
-        usage(stderr);
-        return 2;
-    case BM_ARGS_RUN:
-        break;
-    }
+    int early = bm_args_main(argc, argv, "biomatch-coordinator", BM_VERSION, usage, &args);
+    if (early >= 0)
+        return early;
     const char *config = args.config;
     int check = args.check;
 

@@ -363,20 +363,9 @@ static void teardown(struct wk *w)
 int main(int argc, char **argv)
 {
     struct bm_args args;
-    switch (bm_args_parse(argc, argv, &args)) {
-    case BM_ARGS_HELP:
-        usage(stdout);
-        return 0;
-    case BM_ARGS_VERSION:
-        printf("biomatch-worker %s\n", WK_VERSION);
-        return 0;
-    case BM_ARGS_BAD:
-        fprintf(stderr, "biomatch-worker: unknown argument '%s'\n", args.bad);
-        usage(stderr);
-        return 2;
-    case BM_ARGS_RUN:
-        break;
-    }
+    int early = bm_args_main(argc, argv, "biomatch-worker", WK_VERSION, usage, &args);
+    if (early >= 0)
+        return early;
     const char *config = args.config;
     int check = args.check;
 

@@ -27,3 +27,23 @@ enum bm_args_action bm_args_parse(int argc, char **argv, struct bm_args *a)
     }
     return BM_ARGS_RUN;
 }
+
+int bm_args_main(int argc, char **argv, const char *prog, const char *version,
+                 void (*usage)(FILE *), struct bm_args *a)
+{
+    switch (bm_args_parse(argc, argv, a)) {
+    case BM_ARGS_HELP:
+        usage(stdout);
+        return 0;
+    case BM_ARGS_VERSION:
+        printf("%s %s\n", prog, version);
+        return 0;
+    case BM_ARGS_BAD:
+        fprintf(stderr, "%s: unknown argument '%s'\n", prog, a->bad);
+        usage(stderr);
+        return 2;
+    case BM_ARGS_RUN:
+        break;
+    }
+    return -1;
+}

@@ -6,6 +6,7 @@
 #define BM_ARGS_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 enum bm_args_action {
     BM_ARGS_RUN = 0,     /* load the configuration and run (or check it) */
@@ -22,5 +23,12 @@ struct bm_args {
 
 /* Parse argv into 'a' (strings borrowed from argv). Thread: main only. */
 enum bm_args_action bm_args_parse(int argc, char **argv, struct bm_args *a);
+
+/* What every main does with the parse: -1 means run with 'a'; otherwise
+ * the exit code, after printing what the action asks for (usage via
+ * 'usage' to stdout or, for a bad argument, with the refused argument to
+ * stderr; or "<prog> <version>"). Thread: main only. */
+int bm_args_main(int argc, char **argv, const char *prog, const char *version,
+                 void (*usage)(FILE *), struct bm_args *a);
 
 #endif /* BM_ARGS_H */
