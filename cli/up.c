@@ -1,5 +1,5 @@
 /* `biomatch up`: a whole biomatch cluster on one machine, for trying it out
- * and for the demo (DESIGN.md section 8, issue "Match pipeline").
+ * and for the demo (docs/architecture.md §8: the embedded mock cluster).
  *
  * Kafka is librdkafka's mock cluster inside this process (--embedded, the
  * default; the children reach it over loopback) or a real broker

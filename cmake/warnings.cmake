@@ -1,5 +1,5 @@
-# The house warnings (STYLE.md) for our own code. Generated protobuf code is
-# compiled without them: it is not ours to fix.
+# The house warnings (CONTRIBUTING.md) for our own code. Generated protobuf
+# code is compiled without them: it is not ours to fix.
 set(BM_WARNINGS
   -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes
   -Wwrite-strings -Wvla -Wformat=2)

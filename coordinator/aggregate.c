@@ -1,5 +1,5 @@
-/* The aggregate role: partials -> one MatchResult per job (DESIGN.md
- * section 3, docs/internals/coordinator.md "Aggregation").
+/* The aggregate role: partials -> one MatchResult per job (docs/architecture.md
+ * §3, docs/internals/coordinator.md "Aggregation").
  *
  * Main invariant: for every assigned partials partition the stored offset
  * is at most the first offset of any job whose result has not been

@@ -1,5 +1,5 @@
-/* Hash-chained audit records (DESIGN.md section 6): one AuditRecord per job
- * and per gallery change, produced to the audit topic keyed by agency.
+/* Hash-chained audit records (docs/architecture.md §6): one AuditRecord per
+ * job and per gallery change, produced to the audit topic keyed by agency.
  *
  * Records of one writer form a chain: seq counts 1, 2, 3, ... and
  *   hash = SHA-256(prev_hash || the record encoded with 'hash' empty)

@@ -1,4 +1,4 @@
-/* The gallery role (DESIGN.md section 3): enrollment intake and the
+/* The gallery role (docs/architecture.md §3): enrollment intake and the
  * segment builder, run as two threads of one role. They share nothing but
  * the context; each owns its Kafka and Redis handles. If either half fails
  * for good, the role asks the process to stop (so an orchestrator restarts

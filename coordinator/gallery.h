@@ -1,5 +1,5 @@
-/* Internal interface of the gallery role's two halves (DESIGN.md section
- * 3, "gallery"): enrollment intake (enroll.c) and the segment builder
+/* Internal interface of the gallery role's two halves (docs/architecture.md
+ * §3, "gallery"): enrollment intake (enroll.c) and the segment builder
  * (builder.c). gallery.c runs them on two threads. Both follow the role
  * contract of role.h. */
 #ifndef BM_COORD_GALLERY_H

@@ -1,5 +1,5 @@
 /* The intake role: jobs -> validation -> tasks.<gallery> + opened marker,
- * or a REJECTED result / a dlq record (DESIGN.md section 3, docs/wire.md
+ * or a REJECTED result / a dlq record (docs/architecture.md §3, docs/wire.md
  * section 11, docs/internals/coordinator.md "Intake").
  *
  * Main invariant: the offset of a jobs record is stored only once every

@@ -1,4 +1,4 @@
-/* biomatch-coordinator: the coordinator process (DESIGN.md section 3).
+/* biomatch-coordinator: the coordinator process (docs/architecture.md §3).
  *
  * Loads the configuration, starts the health/metrics endpoint, and runs
  * each role whose bit is set in coordinator.roles on its own thread (the

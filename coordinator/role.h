@@ -1,4 +1,4 @@
-/* The coordinator's roles (DESIGN.md section 3): intake, aggregate and
+/* The coordinator's roles (docs/architecture.md §3): intake, aggregate and
  * gallery. Each role is one module with one entry point that main.c runs
  * on its own thread when the role's bit is set in coordinator.roles.
  *

@@ -1,6 +1,6 @@
 /* biomatch-worker: consumes per-shard match tasks, scores them against the
  * shards it owns and publishes one partial result per task
- * (DESIGN.md section 3, docs/internals/worker.md).
+ * (docs/architecture.md §3, docs/internals/worker.md).
  *
  * This file is the process: flags, configuration, start-up, the poll loop
  * and the SIGTERM drain. Invariant of the poll loop: no iteration blocks

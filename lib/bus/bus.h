@@ -1,5 +1,5 @@
 /* The Kafka bus: thin wrappers over librdkafka for everything biomatch puts
- * on or takes off Kafka (DESIGN.md sections 1-3).
+ * on or takes off Kafka (docs/architecture.md §1-3).
  *
  * The wrappers exist to fix the policy in one place, not to hide Kafka:
  *  - producers are idempotent (enable.idempotence=true, acks=all), compress
@@ -34,7 +34,7 @@
 #define BM_OFFSET_STORED (-1000) /* the group's committed offset */
 #define BM_OFFSET_INVALID (-1001)
 
-/* Header names biomatch uses (DESIGN.md section 2). */
+/* Header names biomatch uses (docs/architecture.md §2). */
 #define BM_HDR_CONTENT_TYPE "content-type"
 #define BM_HDR_TRACEPARENT "traceparent"
 #define BM_HDR_ERROR "error"

@@ -1,4 +1,4 @@
-/* Authorisation policy and Ed25519 record signatures (DESIGN.md section 6,
+/* Authorisation policy and Ed25519 record signatures (docs/architecture.md §6,
  * docs/wire.md "Signatures", docs/operations.md "Policy and signing keys").
  *
  * A policy is a YAML file (config key security.policy_file) that lists the

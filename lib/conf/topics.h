@@ -1,5 +1,5 @@
-/* Topic names, derived in one place from the configured prefix (DESIGN.md
- * section 2), so no program spells a topic name by hand.
+/* Topic names, derived in one place from the configured prefix
+ * (docs/architecture.md §2), so no program spells a topic name by hand.
  *
  * Per-gallery topics append the gallery name: gallery.<name>, tasks.<name>.
  * Gallery names are limited to [A-Za-z0-9_-]{1,64} so every derived topic is

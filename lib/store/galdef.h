@@ -1,6 +1,6 @@
 /* Gallery definitions: what a gallery is (modality, geometry, storage
  * format, shards S, replicas R), kept in Redis at bm:gallery:<name> as the
- * protobuf bytes of a biomatch.v1.GalleryDefinition (DESIGN.md section 5).
+ * protobuf bytes of a biomatch.v1.GalleryDefinition (docs/architecture.md §5).
  *
  * Invariant: a definition is immutable once created. bm_galdef_put() either
  * creates the key, or succeeds without writing when the stored definition is

@@ -1,4 +1,4 @@
-/* Redis key names of the shard cache (DESIGN.md section 5, docs/storage.md).
+/* Redis key names of the shard cache (docs/architecture.md §5, docs/storage.md).
  *
  * Every key of one shard carries the hash tag {<gallery>:<shard>}, so a
  * shard's manifest and all its segments live on one Redis Cluster node and a

@@ -1,4 +1,4 @@
-/* Shard loading for workers (DESIGN.md section 3, issue 4 item 6): read a
+/* Shard loading for workers (docs/architecture.md §3): read a
  * shard's manifest and sealed segments from Redis, verify every blob's
  * SHA-256 against the manifest, and build the matcher's in-memory gallery
  * plus the key -> subject id table; later, follow newer manifest versions

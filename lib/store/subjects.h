@@ -7,11 +7,12 @@
  * string; inserting a different string under a key already present is a
  * hash collision and is refused with BM_ECONFLICT, never silently merged.
  *
- * Layout (for memory, DESIGN.md issue 4 goal <= 1.1x template bytes): an
- * open-addressing table of 12 bytes per slot (8-byte key + 4-byte arena
- * offset, in two parallel arrays, linear probing, load <= 0.8) and one
- * arena of length-prefixed strings. With bm_subjects_reserve() the
- * overhead is 15..30 bytes per subject plus 1 length byte.
+ * Layout (for memory: a loaded shard should take at most 1.1x its template
+ * bytes, docs/benchmarks.md): an open-addressing table of 12 bytes per slot
+ * (8-byte key + 4-byte arena offset, in two parallel arrays, linear
+ * probing, load <= 0.8) and one arena of length-prefixed strings. With
+ * bm_subjects_reserve() the overhead is 15..30 bytes per subject plus 1
+ * length byte.
  *
  * Thread: not synchronised. Any number of readers may call bm_subjects_get()
  * concurrently while no writer runs; a writer (put, reserve) needs exclusive
