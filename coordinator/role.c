@@ -31,6 +31,8 @@ int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *
     *out = (struct bm_bus_conf){0};
     out->bootstrap_servers = c->brokers;
     out->client_id = c->node_id;
+    out->topic_replication = c->topics.replication_factor;
+    out->topic_min_insync = c->topics.min_insync_replicas;
     out->props = p;
     out->nprops = n;
     *props = p;

@@ -45,7 +45,8 @@ int bm_role_gallery_run(struct bm_coord_ctx *ctx);
 /* ------------------------------------------------ helpers shared by roles */
 
 /* Kafka settings of ctx->conf as a bm_bus_conf: brokers, node id as
- * client id, the conf's kafka: map as props, preceded by 'extra' (nextra
+ * client id, topics.* for the topics an admin handle creates, the conf's
+ * kafka: map as props, preceded by 'extra' (nextra
  * entries; the operator's kafka: map is applied after them, so it wins).
  * On BM_OK *props is a malloc'd array the caller frees with free() after
  * the last handle was built from 'out' (strings are borrowed from the

@@ -18,6 +18,8 @@ struct bm_admin {
     struct bm_bus_base base; /* must stay first: librdkafka's opaque */
     rd_kafka_t *rk;
     rd_kafka_conf_t *probe_conf; /* a copy for bm_admin_cluster_info's probe */
+    int replication;             /* for specs that leave it to us; 0 = the broker's */
+    char min_insync[12];         /* min.insync.replicas to set; "" = the broker's */
 };
 
 struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
@@ -34,6 +36,9 @@ struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
         return NULL;
     }
     char msg[512];
+    a->replication = conf->topic_replication > 0 ? conf->topic_replication : 0;
+    if (conf->topic_min_insync > 0)
+        snprintf(a->min_insync, sizeof a->min_insync, "%d", conf->topic_min_insync);
     a->probe_conf = rd_kafka_conf_dup(rc);
     a->rk = rd_kafka_new(RD_KAFKA_PRODUCER, rc, msg, sizeof msg);
     if (a->rk == NULL || a->probe_conf == NULL) {
@@ -150,10 +155,24 @@ int bm_admin_create_topics(struct bm_admin *a,
             rc = bm_seterr(err, errlen, BM_EINVAL, "create topics: bad spec #%zu", i);
             goto out;
         }
-        nt[i] = rd_kafka_NewTopic_new(s->name, s->partitions, s->replication, msg,
+        int replication = s->replication == -1 && a->replication > 0 ? a->replication
+                                                                      : s->replication;
+        nt[i] = rd_kafka_NewTopic_new(s->name, s->partitions, replication, msg,
                                       sizeof msg);
         if (nt[i] == NULL) {
             rc = bm_seterr(err, errlen, BM_EINVAL, "topic %s: %s", s->name, msg);
+            goto out;
+        }
+        int insync_given = 0;
+        for (size_t k = 0; k < s->nconfigs; k++)
+            if (s->configs[k].key != NULL &&
+                strcmp(s->configs[k].key, "min.insync.replicas") == 0)
+                insync_given = 1;
+        if (a->min_insync[0] != '\0' && !insync_given &&
+            rd_kafka_NewTopic_set_config(nt[i], "min.insync.replicas", a->min_insync) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rc = bm_seterr(err, errlen, BM_EINVAL, "topic %s: bad min.insync.replicas",
+                           s->name);
             goto out;
         }
         for (size_t k = 0; k < s->nconfigs; k++) {

@@ -64,6 +64,10 @@ struct bm_bus_conf {
     size_t nprops;
     bm_bus_log_fn log;               /* NULL = librdkafka's default (stderr) */
     void *log_opaque;
+    /* Admin handles only: what bm_admin_create_topics gives a topic whose
+     * spec leaves it to the cluster (topics.* in the configuration). */
+    int topic_replication;           /* 0 = the broker's default.replication.factor */
+    int topic_min_insync;            /* 0 = the broker's min.insync.replicas */
 };
 
 /* A message header. 'value' may be NULL (a null header, len 0). In a
@@ -334,7 +338,7 @@ struct bm_admin;
 struct bm_bus_topic_spec {
     const char *name;
     int partitions;
-    int replication;      /* -1 = the broker's default.replication.factor */
+    int replication;      /* -1 = the admin's topic_replication, else the broker's default */
     const struct bm_bus_prop *configs;
     size_t nconfigs;
 };
@@ -344,7 +348,11 @@ struct bm_bus_topic_spec {
 struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
                               size_t errlen);
 
-/* Create the topics. A topic that already exists counts as created when it
+/* Create the topics. A spec with replication -1 gets the admin conf's
+ * topic_replication when set, and min.insync.replicas = topic_min_insync
+ * when set and the spec's configs do not name it (so every topic biomatch
+ * creates follows the configuration, docs/config.md "topics").
+ * A topic that already exists counts as created when it
  * has the requested partition count, and is BM_ECONFLICT otherwise (the
  * partition of a key is part of our contract, so it must not silently
  * differ). Returns BM_OK, BM_ECONFLICT, BM_ETIMEDOUT, BM_EINVAL or

@@ -49,6 +49,10 @@ static const struct key KEYS[] = {
     {"node_id", "BIOMATCH_NODE_ID", K_STR, F(node_id), 0, 0, 0, NULL},
     {"topic_prefix", "BIOMATCH_TOPIC_PREFIX", K_STR, F(topic_prefix), 0, 0, 0, NULL},
     {"brokers", "BIOMATCH_KAFKA_BROKERS", K_STR, F(brokers), 0, 0, 0, NULL},
+    {"topics.replication_factor", "BIOMATCH_TOPICS_REPLICATION_FACTOR", K_INT,
+     F(topics.replication_factor), 0, 0, 32, NULL},
+    {"topics.min_insync_replicas", "BIOMATCH_TOPICS_MIN_INSYNC_REPLICAS", K_INT,
+     F(topics.min_insync_replicas), 0, 0, 32, NULL},
     {"redis.url", "BIOMATCH_REDIS_URL", K_STR, F(redis.url), 0, 0, 0, NULL},
     {"redis.connect_timeout_ms", "BIOMATCH_REDIS_CONNECT_TIMEOUT_MS", K_INT,
      F(redis.connect_timeout_ms), 0, 1, 600000, NULL},
@@ -107,8 +111,8 @@ static const struct key KEYS[] = {
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
 /* Mapping sections that hold table keys. "kafka" is handled apart. */
-static const char *const SECTIONS[] = {"redis", "http", "log", "worker", "coordinator",
-                                       "security", NULL};
+static const char *const SECTIONS[] = {"topics", "redis", "http", "log", "worker",
+                                       "coordinator", "security", NULL};
 
 #define FIELD(c, k, type) ((type *)(void *)((char *)(c) + (k)->off))
 
@@ -401,6 +405,19 @@ static int apply_node(struct loader *L, yaml_document_t *doc, const struct key *
     return apply_scalar(L, k, scalar(v), where);
 }
 
+/* True for a kafka: entry that would turn off acks=all or idempotence
+ * (librdkafka's aliases included): a record acknowledged by one broker is
+ * lost when that broker dies before its followers copy it, and a retried
+ * send without idempotence can be written twice. */
+static bool weakens_durability(const char *key, const char *val)
+{
+    if (strcmp(key, "acks") == 0 || strcmp(key, "request.required.acks") == 0)
+        return strcmp(val, "all") != 0 && strcmp(val, "-1") != 0;
+    if (strcmp(key, "enable.idempotence") == 0)
+        return strcmp(val, "true") != 0;
+    return false;
+}
+
 static int load_kafka(struct loader *L, yaml_document_t *doc, yaml_node_t *map)
 {
     struct bm_conf *c = L->c;
@@ -427,6 +444,11 @@ static int load_kafka(struct loader *L, yaml_document_t *doc, yaml_node_t *map)
             return bm_seterr(L->err, L->errlen, BM_EINVAL,
                              "%s:%lu: 'kafka.%s': set the top-level 'brokers' key instead",
                              L->name, line_of(kn), key);
+        if (weakens_durability(key, val))
+            return bm_seterr(L->err, L->errlen, BM_EINVAL,
+                             "%s:%lu: 'kafka.%s: %s' would let a producer lose or duplicate "
+                             "records: biomatch always uses acks=all with idempotence",
+                             L->name, line_of(kn), key, val);
         for (size_t i = 0; i < c->kafka_n; i++)
             if (strcmp(c->kafka[i].key, key) == 0)
                 return bm_seterr(L->err, L->errlen, BM_EINVAL, "%s:%lu: duplicate key 'kafka.%s'",
@@ -648,6 +670,12 @@ static int check(const struct bm_conf *c, char *err, size_t errlen)
                              "security.at_rest_previous_keys names the current key id '%s'",
                              c->security.at_rest_key_id);
     }
+    if (c->topics.replication_factor > 0 &&
+        c->topics.min_insync_replicas > c->topics.replication_factor)
+        return bm_seterr(err, errlen, BM_EINVAL,
+                         "topics.min_insync_replicas (%d) must not exceed "
+                         "topics.replication_factor (%d): no write could ever succeed",
+                         c->topics.min_insync_replicas, c->topics.replication_factor);
     if (c->redis.tls_key_file != NULL && c->redis.tls_cert_file == NULL)
         return bm_seterr(err, errlen, BM_EINVAL,
                          "redis.tls_key_file needs redis.tls_cert_file");

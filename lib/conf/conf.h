@@ -38,6 +38,10 @@ struct bm_conf {
     struct bm_conf_kv *kafka; /* kafka: map, in file order, values verbatim */
     size_t kafka_n;
     struct {
+        int replication_factor;    /* of every topic biomatch creates; 0 = the broker's default */
+        int min_insync_replicas;   /* set on every topic biomatch creates; 0 = the broker's default */
+    } topics;
+    struct {
         char *url;                 /* redis://[user:password@]host:port */
         int connect_timeout_ms;
         int io_timeout_ms;

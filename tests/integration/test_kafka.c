@@ -158,6 +158,34 @@ static void test_admin_topics(void **state)
     bm_admin_free(a);
 }
 
+/* The configured replication reaches the broker: on this one-broker
+ * cluster a spec that leaves replication to the configuration gets the
+ * admin conf's 2 and is refused (INVALID_REPLICATION_FACTOR), while an
+ * explicit 1 in the spec still wins. min.insync.replicas from the
+ * configuration is accepted as a topic config. (tests/fault/matrix checks
+ * the replicas and the config on the 3-broker cluster.) */
+static void test_admin_configured_replication(void **state)
+{
+    (void)state;
+    char err[512], name[128];
+    bm_test_unique(name, sizeof name, "bm.test.rf");
+    struct bm_bus_conf c = conf_plain();
+    c.topic_replication = 2;
+    c.topic_min_insync = 1;
+    struct bm_admin *a = bm_admin_new(&c, err, sizeof err);
+    assert_non_null(a);
+    struct bm_bus_topic_spec spec = {name, 1, -1, NULL, 0};
+    assert_int_equal(bm_admin_create_topics(a, &spec, 1, WAIT_MS, err, sizeof err), BM_EINVAL);
+    assert_non_null(strstr(err, name));
+    int n = 0;
+    assert_int_equal(bm_admin_topic_partitions(a, name, WAIT_MS, &n, err, sizeof err),
+                     BM_ENOTFOUND);
+    spec.replication = 1;
+    if (bm_admin_create_topics(a, &spec, 1, WAIT_MS, err, sizeof err) != BM_OK)
+        fail_msg("explicit replication 1: %s", err);
+    bm_admin_free(a);
+}
+
 /* A MatchJob with a 512-float face embedding travels through the broker with
  * headers and comes back identical, field by field. */
 static void test_protobuf_round_trip(void **state)
@@ -742,6 +770,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_broker_version),
         cmocka_unit_test(test_admin_topics),
+        cmocka_unit_test(test_admin_configured_replication),
         cmocka_unit_test(test_protobuf_round_trip),
         cmocka_unit_test(test_cooperative_handover),
         cmocka_unit_test(test_cooperative_handover_no_auto_commit),

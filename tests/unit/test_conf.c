@@ -1,6 +1,7 @@
 /* conf: defaults, a full file, unknown keys with lines, wrong types, range
- * errors, environment precedence, the verbatim kafka: map, lists, and
- * redaction in the dump. */
+ * errors, environment precedence, the verbatim kafka: map (minus the
+ * settings that would weaken acks=all and idempotence), topics.*, lists,
+ * and redaction in the dump. */
 #include "testutil.h"
 
 #include "common/err.h"
@@ -315,6 +316,50 @@ static void test_dump_redacts(void **state)
     bm_conf_destroy(c);
 }
 
+/* Replication of the topics biomatch creates, from file and environment;
+ * min.insync.replicas above the replication factor is refused. */
+static void test_topics(void **state)
+{
+    (void)state;
+    struct bm_conf *c = parse(NULL);
+    assert_non_null(c);
+    assert_int_equal(c->topics.replication_factor, 0);
+    assert_int_equal(c->topics.min_insync_replicas, 0);
+    bm_conf_destroy(c);
+    c = parse("topics:\n  replication_factor: 3\n  min_insync_replicas: 2\n");
+    if (c == NULL)
+        fail_msg("%s", err);
+    assert_int_equal(c->topics.replication_factor, 3);
+    assert_int_equal(c->topics.min_insync_replicas, 2);
+    bm_conf_destroy(c);
+    const char *const env[] = {"BIOMATCH_TOPICS_REPLICATION_FACTOR=5", NULL};
+    c = parse_env("topics: {replication_factor: 3}\n", env);
+    assert_non_null(c);
+    assert_int_equal(c->topics.replication_factor, 5);
+    bm_conf_destroy(c);
+    expect_error("topics: {replication_factor: 2, min_insync_replicas: 3}\n", NULL,
+                 "must not exceed");
+    expect_error("topics: {replication_factor: 33}\n", NULL, "topics.replication_factor");
+    expect_error("topics: {replicas: 3}\n", NULL, "unknown key 'topics.replicas'");
+}
+
+/* acks=all and idempotence are not the operator's to turn off. */
+static void test_kafka_durability(void **state)
+{
+    (void)state;
+    expect_error("kafka:\n  acks: 1\n", NULL, "'kafka.acks: 1'");
+    expect_error("kafka:\n  request.required.acks: 0\n", NULL, "acks=all");
+    expect_error("kafka:\n  enable.idempotence: false\n", NULL, "idempotence");
+    struct bm_conf *c = parse("kafka:\n  acks: all\n  enable.idempotence: true\n");
+    if (c == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(bm_conf_kafka_get(c, "acks"), "all");
+    bm_conf_destroy(c);
+    c = parse("kafka:\n  acks: -1\n");
+    assert_non_null(c);
+    bm_conf_destroy(c);
+}
+
 static void test_load_file(void **state)
 {
     (void)state;
@@ -349,6 +394,8 @@ int main(void)
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_env_precedence),
         cmocka_unit_test(test_dump_redacts),
+        cmocka_unit_test(test_topics),
+        cmocka_unit_test(test_kafka_durability),
         cmocka_unit_test(test_load_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
