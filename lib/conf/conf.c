@@ -622,7 +622,7 @@ static int set_defaults(struct bm_conf *c)
     c->worker.refresh_interval_ms = 500;
     c->worker.drain_timeout_ms = 30000;
     c->coordinator.default_deadline_ms = 5000;
-    c->coordinator.max_job_bytes = 16LL * MIB;
+    c->coordinator.max_job_bytes = MIB;
     c->coordinator.max_top_k = 1000;
     c->coordinator.segment_max_bytes = 16LL * MIB;
     c->coordinator.segment_max_age_ms = 1000;

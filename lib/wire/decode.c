@@ -1,11 +1,55 @@
 /* Size-checked decoders and encoders (see decode.h).
  *
  * Invariant: protobuf-c only ever sees a payload that passed the size limit
- * and the envelope parser, and every decoded message is freed with the
- * allocator that made it (protobuf-c's default, malloc). */
+ * and the envelope parser, and it unpacks through an allocator that refuses
+ * to hand out more than bm_wire_decode_budget(payload length) bytes in
+ * total, so no record costs more heap than a fixed multiple of its own size
+ * (an empty sub-message is 2 bytes on the wire but a whole struct in
+ * memory: without the budget, 16 MiB of empty probes unpacked into ~704 MiB).
+ * The allocator is malloc underneath, and every decoded message is freed
+ * through 'heap' below (free). */
 #include "wire/decode.h"
 
 #include <stdlib.h>
+
+/* The byte budget of one unpack. Every allocation is charged its size
+ * rounded up to 16 plus 16, at least what a malloc chunk of that size takes
+ * (glibc: size + 8 rounded up to 16, at least 32), so the budget bounds the
+ * real heap and not only the requested bytes. */
+struct budget {
+    size_t left;
+    int exhausted;                 /* an allocation was refused */
+};
+
+static void *budget_alloc(void *data, size_t size)
+{
+    struct budget *b = data;
+    size_t cost = (size + 31) & ~(size_t)15;
+    if (cost < size || cost > b->left) {
+        b->exhausted = 1;
+        return NULL;
+    }
+    void *p = malloc(size);
+    if (p != NULL)
+        b->left -= cost;
+    return p;
+}
+
+static void heap_free(void *data, void *p)
+{
+    (void)data; /* spent budget is not refunded: it bounds the total */
+    free(p);
+}
+
+/* What frees every decoded message: the same malloc heap, no budget. */
+static const ProtobufCAllocator heap = {NULL, heap_free, NULL};
+
+size_t bm_wire_decode_budget(size_t payload_len)
+{
+    if (payload_len > (SIZE_MAX - BM_WIRE_DECODE_BUDGET_BASE) / BM_WIRE_DECODE_BUDGET_FACTOR)
+        return SIZE_MAX;
+    return BM_WIRE_DECODE_BUDGET_BASE + payload_len * BM_WIRE_DECODE_BUDGET_FACTOR;
+}
 
 /* protobuf-c 1.4 accepts field number 0 when its tag is spelled with a
  * non-minimal varint (0x80 0x00) and keeps it as an unknown field, although
@@ -59,13 +103,19 @@ int bm_wire_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
      * paths; hand it a valid address. */
     static const uint8_t empty[1];
     const uint8_t *p = e.payload_len ? e.payload : empty;
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, e.payload_len, p);
+    struct budget b = {bm_wire_decode_budget(e.payload_len), 0};
+    ProtobufCAllocator alloc = {budget_alloc, heap_free, &b};
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &alloc, e.payload_len, p);
+    if (m == NULL && b.exhausted)
+        return bm_seterr(err, errlen, BM_ERANGE,
+                         "%s: %zu-byte payload would unpack into more than %zu bytes",
+                         desc->name, e.payload_len, bm_wire_decode_budget(e.payload_len));
     if (m == NULL)
         return bm_seterr(err, errlen, BM_EPROTO, "%s: %zu-byte %s payload does not decode",
                          desc->name, e.payload_len,
                          e.kind == BM_ENVELOPE_SR ? "schema-registry" : "raw");
     if (has_field_zero(m)) {
-        protobuf_c_message_free_unpacked(m, NULL);
+        protobuf_c_message_free_unpacked(m, (ProtobufCAllocator *)&heap);
         return bm_seterr(err, errlen, BM_EPROTO, "%s: field number 0 is invalid", desc->name);
     }
     *out = m;
@@ -89,7 +139,7 @@ Biomatch__V1__ErrorCode bm_wire_error_of(int rc)
 void bm_wire_free(ProtobufCMessage *m)
 {
     if (m != NULL)
-        protobuf_c_message_free_unpacked(m, NULL);
+        protobuf_c_message_free_unpacked(m, (ProtobufCAllocator *)&heap);
 }
 
 #define BM_WIRE_DEFINE(name, type, desc)                                          \

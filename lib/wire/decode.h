@@ -29,13 +29,31 @@
  * message.max.bytes): 16 probes of 4096 f32 elements are 256 KiB. */
 #define BM_WIRE_DEFAULT_MAX_BYTES (1024u * 1024u)
 
+/* Unpacking a payload of n bytes may allocate at most
+ * BM_WIRE_DECODE_BUDGET_BASE + n * BM_WIRE_DECODE_BUDGET_FACTOR bytes
+ * (each allocation charged at least its malloc chunk). The factor covers,
+ * with room, the densest legitimate shape: a partial or result of
+ * candidates with 1-byte ids takes ~7.4x its size in heap (structs,
+ * strings, pointer arrays and protobuf-c's scan of each field); an empty
+ * sub-message costs 40x and more, so a record made of them is refused
+ * (docs/wire.md, "Size limit"). The base covers the fixed structs of a
+ * short message. */
+#define BM_WIRE_DECODE_BUDGET_FACTOR 16u
+#define BM_WIRE_DECODE_BUDGET_BASE (64u * 1024u)
+
+/* The allocation budget of unpacking 'payload_len' bytes (saturates at
+ * SIZE_MAX). */
+size_t bm_wire_decode_budget(size_t payload_len);
+
 /* Decode 'len' bytes at 'buf' as a 'desc' message.
  *
  * Returns BM_OK and stores the message in *out (caller owns it), and, when
  * 'env' is not NULL, the envelope (its payload slice borrows 'buf').
- * On failure *out is NULL and the result is BM_ERANGE (len > max_len; checked
- * before any byte is read), BM_EPROTO (bad framing or protobuf) or
- * BM_ENOMEM. 'err' gets a message that never contains payload bytes. */
+ * On failure *out is NULL, nothing stays allocated and the result is
+ * BM_ERANGE (len > max_len, checked before any byte is read, or the payload
+ * would unpack into more than bm_wire_decode_budget() bytes, checked as it
+ * unpacks), BM_EPROTO (bad framing or protobuf) or BM_ENOMEM. 'err' gets a
+ * message that never contains payload bytes. */
 int bm_wire_decode(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
                    size_t len, size_t max_len, ProtobufCMessage **out,
                    struct bm_envelope *env, char *err, size_t errlen);

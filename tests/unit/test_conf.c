@@ -57,7 +57,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->worker.galleries_n, 0);
     assert_int_equal(c->worker.min_version_wait_ms, 5000);
     assert_int_equal(c->coordinator.default_deadline_ms, 5000);
-    assert_int_equal(c->coordinator.max_job_bytes, 16 * 1024 * 1024);
+    assert_int_equal(c->coordinator.max_job_bytes, 1024 * 1024);
     assert_int_equal(c->coordinator.max_top_k, 1000);
     assert_int_equal(c->coordinator.segment_max_bytes, 16 * 1024 * 1024);
     assert_int_equal(c->coordinator.segment_max_age_ms, 1000);
@@ -106,7 +106,7 @@ static const char GOOD[] =
     "  drain_timeout_ms: 1000\n"
     "coordinator:\n"
     "  default_deadline_ms: 250\n"
-    "  max_job_bytes: 1048576\n"
+    "  max_job_bytes: 2097152\n"
     "  max_top_k: 50\n"
     "  segment_max_bytes: 8388608\n"
     "  segment_max_age_ms: 20\n"
@@ -143,7 +143,7 @@ static void test_good_file(void **state)
     assert_int_equal(c->worker.min_version_wait_ms, 10);
     assert_int_equal(c->worker.drain_timeout_ms, 1000);
     assert_int_equal(c->coordinator.default_deadline_ms, 250);
-    assert_int_equal(c->coordinator.max_job_bytes, 1048576);
+    assert_int_equal(c->coordinator.max_job_bytes, 2097152);
     assert_int_equal(c->coordinator.max_top_k, 50);
     assert_int_equal(c->coordinator.segment_max_bytes, 8388608);
     assert_int_equal(c->coordinator.segment_max_age_ms, 20);
