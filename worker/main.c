@@ -142,6 +142,8 @@ static int setup(struct wk *w, char *err, size_t errlen)
         return bm_seterr(err, errlen, BM_ERANGE, "topic prefix too long");
     bm_wire_content_type(&biomatch__v1__partial_result__descriptor, w->content_type,
                          sizeof w->content_type);
+    bm_wire_limits_default(&w->limits);
+    w->max_task_bytes = (size_t)c->coordinator.max_job_bytes + WK_TASK_SLACK_BYTES;
     for (size_t i = 0; i < w->ngal; i++) {
         struct wk_gallery *g = &w->gal[i];
         g->w = w;

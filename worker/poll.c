@@ -18,66 +18,8 @@
 #include "obs/log.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
-#include "wire/template.h"
+#include "wire/job.h"
 #include "worker.h"
-
-#define WK_MAX_PROBES 16
-#define WK_MAX_TOP_K 1000
-#define WK_MAX_ID 128
-
-/* Check a decoded task against the partition it came from. Returns
- * ERROR_CODE_NONE or a code with the reason in err. */
-static Biomatch__V1__ErrorCode validate(const struct wk_gallery *g, const struct wk_part *p,
-                                        const Biomatch__V1__MatchTask *t, char *err,
-                                        size_t errlen)
-{
-    if (strcmp(t->gallery, g->name) != 0) {
-        snprintf(err, errlen, "task names another gallery than its topic");
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_GALLERY;
-    }
-    if (t->shard_count != g->shards || t->shard != p->shard->index) {
-        snprintf(err, errlen, "task for shard %u of %u arrived on partition %d (shard %u of %u)",
-                 t->shard, t->shard_count, p->partition, p->shard->index, g->shards);
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
-    }
-    if (t->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED) {
-        snprintf(err, errlen, "mode not set");
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
-    }
-    if (t->mode != BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY &&
-        t->mode != BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY) {
-        snprintf(err, errlen, "unsupported mode %d", (int)t->mode);
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNSUPPORTED;
-    }
-    if (t->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY &&
-        (t->top_k < 1 || t->top_k > WK_MAX_TOP_K)) {
-        snprintf(err, errlen, "top_k %u outside 1..%d", t->top_k, WK_MAX_TOP_K);
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_TOP_K;
-    }
-    if (t->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY &&
-        (t->claimed_subject[0] == '\0' || strlen(t->claimed_subject) > WK_MAX_ID)) {
-        snprintf(err, errlen, "verify needs a claimed subject of 1..%d bytes", WK_MAX_ID);
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
-    }
-    if (t->has_threshold && !(t->threshold == t->threshold && t->threshold - t->threshold == 0)) {
-        snprintf(err, errlen, "threshold is not finite");
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
-    }
-    if (t->n_probes < 1 || t->n_probes > WK_MAX_PROBES) {
-        snprintf(err, errlen, "%zu probes, expected 1..%d", t->n_probes, WK_MAX_PROBES);
-        return t->n_probes < 1 ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD
-                               : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE;
-    }
-    for (size_t i = 0; i < t->n_probes; i++) {
-        char why[256];
-        Biomatch__V1__ErrorCode c = bm_wire_validate_template(t->probes[i], g->def, why, sizeof why);
-        if (c != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
-            snprintf(err, errlen, "probe %zu: %s", i, why);
-            return c;
-        }
-    }
-    return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
-}
 
 void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
 {
@@ -114,7 +56,7 @@ void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
     static const uint8_t empty[1];
     const uint8_t *val = m->value != NULL ? m->value : empty;
     int rc = bm_wire_decode(&biomatch__v1__match_task__descriptor, val, m->valuelen,
-                            BM_WIRE_DEFAULT_MAX_BYTES, &pm, NULL, err, sizeof err);
+                            w->max_task_bytes, &pm, NULL, err, sizeof err);
     if (rc == BM_OK) {
         const struct bm_bus_header *ct =
             bm_bus_header_find(m->headers, m->nheaders, BM_HDR_CONTENT_TYPE);
@@ -146,8 +88,9 @@ void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
     int64_t now_us = bm_mono_us();
     bm_bus_msg_free(m);
 
-    Biomatch__V1__ErrorCode code = validate(g, p, task, err, sizeof err);
-    if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
+    Biomatch__V1__ErrorCode code;
+    if (bm_wire_validate_task(task, g->def, p->shard->index, &w->limits, &code, err,
+                              sizeof err) != BM_OK) {
         wk_publish_error(w, g, e, task, p->shard->index, code, err, WK_ST_ERROR);
         bm_wire_free_task(task);
         return;

@@ -32,9 +32,13 @@
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "match/gallery.h"
+#include "wire/job.h"
 
 #define WK_VERSION "0.1.0"
 #define WK_LAG_INTERVAL_MS 5000
+/* A task is its job re-encoded without attributes, plus a few shard
+ * fields: it is never more than this larger than the job was. */
+#define WK_TASK_SLACK_BYTES 1024
 
 struct bm_metrics;
 struct bm_http;
@@ -149,6 +153,8 @@ struct wk {
     char partials[BM_TOPIC_MAX];
     char dlq[BM_TOPIC_MAX];
     char content_type[128];
+    struct bm_wire_limits limits;  /* task validation: the wire defaults */
+    size_t max_task_bytes;         /* coordinator.max_job_bytes + WK_TASK_SLACK_BYTES */
 
     pthread_mutex_t lock;          /* shard table and partition lists */
     pthread_cond_t loader_cv;

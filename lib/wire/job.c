@@ -110,16 +110,75 @@ static int check_str(const char *s, const char *field, int required, size_t max,
     return BM_OK;
 }
 
+static const struct bm_wire_limits *limits_or_default(const struct bm_wire_limits *l,
+                                                      struct bm_wire_limits *defl)
+{
+    if (l != NULL)
+        return l;
+    bm_wire_limits_default(defl);
+    return defl;
+}
+
+/* The scoring options a job and its tasks share: mode, top_k for it, the
+ * claimed subject of VERIFY and a finite threshold. */
+static int check_scoring(Biomatch__V1__MatchMode mode, uint32_t top_k, const char *claimed,
+                         protobuf_c_boolean has_threshold, float threshold,
+                         const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
+                         char *err, size_t errlen)
+{
+    switch (mode) {
+    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY:
+        if (top_k < 1 || top_k > limits->max_top_k)
+            return reject(code, EC(INVALID_TOP_K), err, errlen, "top_k %u not in 1..%u", top_k,
+                          limits->max_top_k);
+        break;
+    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY:
+        if (claimed == NULL || claimed[0] == '\0')
+            return reject(code, EC(MISSING_FIELD), err, errlen, "VERIFY needs claimed_subject");
+        /* top_k means nothing for VERIFY; 0 is accepted so clients can
+         * leave it unset, anything else must still be in range. */
+        if (top_k > limits->max_top_k)
+            return reject(code, EC(INVALID_TOP_K), err, errlen, "top_k %u not in 0..%u", top_k,
+                          limits->max_top_k);
+        break;
+    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED:
+        return reject(code, EC(MISSING_FIELD), err, errlen, "mode is unspecified");
+    default:
+        return reject(code, EC(UNSUPPORTED), err, errlen, "mode %d is not supported", (int)mode);
+    }
+    if (has_threshold && !isfinite(threshold))
+        return reject(code, EC(INVALID_VALUE), err, errlen, "threshold is not finite");
+    return BM_OK;
+}
+
+/* 1..max_probes probes, each valid for gallery 'g'. Last: the only check
+ * linear in the payload size. */
+static int check_probes(Biomatch__V1__Template *const *probes, size_t n,
+                        const Biomatch__V1__GalleryDefinition *g,
+                        const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
+                        char *err, size_t errlen)
+{
+    char why[160];
+    if (n < 1)
+        return reject(code, EC(MISSING_FIELD), err, errlen, "no probe");
+    if (n > limits->max_probes)
+        return reject(code, EC(TOO_LARGE), err, errlen, "%zu probes, limit %u", n,
+                      limits->max_probes);
+    for (size_t i = 0; i < n; i++) {
+        Biomatch__V1__ErrorCode c = bm_wire_validate_template(probes[i], g, why, sizeof why);
+        if (c != EC(NONE))
+            return reject(code, c, err, errlen, "probe %zu: %s", i, why);
+    }
+    return BM_OK;
+}
+
 int bm_wire_validate_job(const Biomatch__V1__MatchJob *job,
                          const Biomatch__V1__GalleryDefinition *g, int64_t now_ms,
                          const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
                          char *err, size_t errlen)
 {
     struct bm_wire_limits defl;
-    if (limits == NULL) {
-        bm_wire_limits_default(&defl);
-        limits = &defl;
-    }
+    limits = limits_or_default(limits, &defl);
     *code = EC(NONE);
     if (job == NULL)
         return reject(code, EC(MALFORMED), err, errlen, "no job");
@@ -156,30 +215,9 @@ int bm_wire_validate_job(const Biomatch__V1__MatchJob *job,
     if (bm_wire_validate_gallery_def(g, why, sizeof why) != EC(NONE))
         return reject(code, EC(INTERNAL), err, errlen, "gallery definition invalid: %s", why);
 
-    switch (job->mode) {
-    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY:
-        if (job->top_k < 1 || job->top_k > limits->max_top_k)
-            return reject(code, EC(INVALID_TOP_K), err, errlen, "top_k %u not in 1..%u",
-                          job->top_k, limits->max_top_k);
-        break;
-    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY:
-        if (job->claimed_subject == NULL || job->claimed_subject[0] == '\0')
-            return reject(code, EC(MISSING_FIELD), err, errlen, "VERIFY needs claimed_subject");
-        /* top_k means nothing for VERIFY; 0 is accepted so clients can
-         * leave it unset, anything else must still be in range. */
-        if (job->top_k > limits->max_top_k)
-            return reject(code, EC(INVALID_TOP_K), err, errlen, "top_k %u not in 0..%u",
-                          job->top_k, limits->max_top_k);
-        break;
-    case BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED:
-        return reject(code, EC(MISSING_FIELD), err, errlen, "mode is unspecified");
-    default:
-        return reject(code, EC(UNSUPPORTED), err, errlen, "mode %d is not supported",
-                      (int)job->mode);
-    }
-
-    if (job->has_threshold && !isfinite(job->threshold))
-        return reject(code, EC(INVALID_VALUE), err, errlen, "threshold is not finite");
+    if ((rc = check_scoring(job->mode, job->top_k, job->claimed_subject, job->has_threshold,
+                            job->threshold, limits, code, err, errlen)) != BM_OK)
+        return rc;
 
     /* Unsigned difference: defined for any int64 pair once deadline > now. */
     if (job->deadline_unix_ms != 0 &&
@@ -189,15 +227,33 @@ int bm_wire_validate_job(const Biomatch__V1__MatchJob *job,
                       "deadline must be 0 or within (now, now + %lld ms]",
                       (long long)limits->max_deadline_ms);
 
-    if (job->n_probes < 1)
-        return reject(code, EC(MISSING_FIELD), err, errlen, "job has no probe");
-    if (job->n_probes > limits->max_probes)
-        return reject(code, EC(TOO_LARGE), err, errlen, "%zu probes, limit %u", job->n_probes,
-                      limits->max_probes);
-    for (size_t i = 0; i < job->n_probes; i++) {
-        Biomatch__V1__ErrorCode c = bm_wire_validate_template(job->probes[i], g, why, sizeof why);
-        if (c != EC(NONE))
-            return reject(code, c, err, errlen, "probe %zu: %s", i, why);
-    }
-    return BM_OK;
+    return check_probes(job->probes, job->n_probes, g, limits, code, err, errlen);
+}
+
+int bm_wire_validate_task(const Biomatch__V1__MatchTask *t,
+                          const Biomatch__V1__GalleryDefinition *g, uint32_t shard,
+                          const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
+                          char *err, size_t errlen)
+{
+    struct bm_wire_limits defl;
+    limits = limits_or_default(limits, &defl);
+    *code = EC(NONE);
+    if (t == NULL || g == NULL)
+        return reject(code, EC(MALFORMED), err, errlen, "no task or no gallery");
+    int rc;
+    if ((rc = check_str(t->job_id, "job_id", 1, BM_WIRE_MAX_ID_BYTES, code, err, errlen)) ||
+        (rc = check_str(t->claimed_subject, "claimed_subject", 0, BM_WIRE_MAX_ID_BYTES, code,
+                        err, errlen)))
+        return rc;
+    if (t->gallery == NULL || g->name == NULL || strcmp(t->gallery, g->name) != 0)
+        return reject(code, EC(UNKNOWN_GALLERY), err, errlen,
+                      "task names another gallery than its topic");
+    if (t->shard_count != g->shards || t->shard != shard)
+        return reject(code, EC(INVALID_VALUE), err, errlen,
+                      "task for shard %u of %u arrived for shard %u of %u", t->shard,
+                      t->shard_count, shard, g->shards);
+    if ((rc = check_scoring(t->mode, t->top_k, t->claimed_subject, t->has_threshold,
+                            t->threshold, limits, code, err, errlen)) != BM_OK)
+        return rc;
+    return check_probes(t->probes, t->n_probes, g, limits, code, err, errlen);
 }

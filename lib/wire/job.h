@@ -1,5 +1,6 @@
 /* Validation of a decoded MatchJob, shared by intake and by clients that
- * want to reject a job before sending it.
+ * want to reject a job before sending it, and of a decoded MatchTask, used
+ * by workers: one set of rules and limits for both.
  *
  * The rules, in the order they are checked, and the ErrorCode of each are
  * the table in docs/wire.md ("MatchJob validation"). A job that passes may
@@ -43,6 +44,20 @@ int bm_wire_validate_job(const Biomatch__V1__MatchJob *job,
                          const Biomatch__V1__GalleryDefinition *gallery_def, int64_t now_ms,
                          const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
                          char *err, size_t errlen);
+
+/* Validate 'task' as a task for shard 'shard' of the gallery defined by
+ * 'gallery_def' (the definition the worker serves; not NULL). The rules are
+ * those of bm_wire_validate_job() that a task carries (ids, mode, top_k,
+ * threshold, probes), checked against the same 'limits', plus: the task
+ * names that gallery (UNKNOWN_GALLERY) and that shard of its shard count
+ * (INVALID_VALUE). The deadline is not checked: an expired task is answered
+ * DEADLINE_EXCEEDED by the worker, not refused. Returns BM_OK, or
+ * BM_EINVAL with *code and the reason in 'err'. 'limits' NULL means the
+ * defaults. */
+int bm_wire_validate_task(const Biomatch__V1__MatchTask *task,
+                          const Biomatch__V1__GalleryDefinition *gallery_def, uint32_t shard,
+                          const struct bm_wire_limits *limits, Biomatch__V1__ErrorCode *code,
+                          char *err, size_t errlen);
 
 /* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates,
  * nothing above U+10FFFF), else 0. */

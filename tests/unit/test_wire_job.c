@@ -228,6 +228,69 @@ static void test_probes(void **state)
     assert_int_equal(run(&f, NULL), EC(INTERNAL));
 }
 
+/* A task of the fixture's job for shard 1 of 4: valid, then one failure
+ * per rule the worker relies on, with the job's limits. */
+static Biomatch__V1__ErrorCode run_task(const Biomatch__V1__MatchTask *t,
+                                        const struct fixture *f)
+{
+    Biomatch__V1__ErrorCode code = (Biomatch__V1__ErrorCode)-1;
+    err[0] = '\0';
+    int rc = bm_wire_validate_task(t, &f->g, 1, NULL, &code, err, sizeof err);
+    assert_int_equal(rc, code == EC(NONE) ? BM_OK : BM_EINVAL);
+    if (code != EC(NONE))
+        assert_true(err[0] != '\0');
+    return code;
+}
+
+static void test_tasks(void **state)
+{
+    (void)state;
+    static struct fixture f;
+    setup_job(&f, 2);
+    Biomatch__V1__MatchTask t0 = BIOMATCH__V1__MATCH_TASK__INIT;
+    t0.job_id = (char *)"job-7";
+    t0.gallery = (char *)"faces";
+    t0.shard = 1, t0.shard_count = 4;
+    t0.mode = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
+    t0.top_k = 10;
+    t0.n_probes = 2, t0.probes = f.probes;
+    Biomatch__V1__MatchTask t = t0;
+    assert_int_equal(run_task(&t, &f), EC(NONE));
+    t.mode = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY, t.top_k = 0;
+    t.claimed_subject = (char *)"p-1";
+    assert_int_equal(run_task(&t, &f), EC(NONE));
+    t.claimed_subject = (char *)"";
+    assert_int_equal(run_task(&t, &f), EC(MISSING_FIELD));
+
+    t = t0, t.job_id = (char *)"";
+    assert_int_equal(run_task(&t, &f), EC(MISSING_FIELD));
+    t = t0, t.job_id = (char *)"\xc0\xaf";
+    assert_int_equal(run_task(&t, &f), EC(INVALID_VALUE));
+    t = t0, t.gallery = (char *)"irises";
+    assert_int_equal(run_task(&t, &f), EC(UNKNOWN_GALLERY));
+    t = t0, t.shard = 2;
+    assert_int_equal(run_task(&t, &f), EC(INVALID_VALUE));
+    t = t0, t.shard_count = 8;
+    assert_int_equal(run_task(&t, &f), EC(INVALID_VALUE));
+    t = t0, t.mode = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED;
+    assert_int_equal(run_task(&t, &f), EC(MISSING_FIELD));
+    t = t0, t.mode = (Biomatch__V1__MatchMode)9;
+    assert_int_equal(run_task(&t, &f), EC(UNSUPPORTED));
+    t = t0, t.top_k = 0;
+    assert_int_equal(run_task(&t, &f), EC(INVALID_TOP_K));
+    t = t0, t.top_k = 1001;
+    assert_int_equal(run_task(&t, &f), EC(INVALID_TOP_K));
+    t = t0, t.has_threshold = 1, t.threshold = NAN;
+    assert_int_equal(run_task(&t, &f), EC(INVALID_VALUE));
+    t = t0, t.n_probes = 0;
+    assert_int_equal(run_task(&t, &f), EC(MISSING_FIELD));
+    t = t0, t.n_probes = 17;
+    assert_int_equal(run_task(&t, &f), EC(TOO_LARGE));
+    f.d[1].dim = DIM / 2;
+    t = t0;
+    assert_int_equal(run_task(&t, &f), EC(GEOMETRY_MISMATCH));
+}
+
 static void test_helpers(void **state)
 {
     (void)state;
@@ -251,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_gallery_and_mode),
         cmocka_unit_test(test_top_k_threshold_deadline),
         cmocka_unit_test(test_probes),
+        cmocka_unit_test(test_tasks),
         cmocka_unit_test(test_helpers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
