@@ -12,8 +12,9 @@
  * GALLERY_VERSION_UNAVAILABLE; a shard whose manifest is gone shows its
  * backlog in the lag gauge and answers it once the manifest is back;
  * SIGTERM exits 0 with every answered offset
- * committed (the next worker answers nothing twice); SIGKILL mid-stream
- * loses nothing (a new worker redelivers). Every wait is bounded. */
+ * committed (the next worker answers nothing twice); SIGKILL with tasks
+ * polled but unanswered loses nothing and repeats nothing committed (a new
+ * worker redelivers exactly the uncommitted ones). Every wait is bounded. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
@@ -377,8 +378,8 @@ static void await_answers(size_t from, size_t to, int timeout_ms)
     }
 }
 
-/* Read partials for a while and fail on any second answer to a job. */
-static void expect_no_duplicates(int ms)
+/* Read partials for 'ms' milliseconds, counting answers per job. */
+static void count_answers(int ms)
 {
     char err[512];
     int64_t end = bm_test_now_ms() + ms;
@@ -395,6 +396,12 @@ static void expect_no_duplicates(int ms)
         bm_wire_free_partial(pr);
         bm_bus_msg_free(m);
     }
+}
+
+/* Read partials for a while and fail on any second answer to a job. */
+static void expect_no_duplicates(int ms)
+{
+    count_answers(ms);
     for (size_t i = 0; i < njobs; i++)
         if (jobs[i].answers > 1)
             fail_msg("%s answered %d times", jobs[i].id, jobs[i].answers);
@@ -764,19 +771,10 @@ static void test_lag_shows_a_stuck_shard(void **state)
     await_lag(port, 1, 0);
 }
 
-static void test_sigterm_commits(void **state)
+/* The offsets the worker group has committed on every task partition. */
+static void group_committed(int64_t out[S * R])
 {
-    (void)state;
-    char err[512];
-    assert_true(worker_pid > 0);
-    kill(worker_pid, SIGTERM);
-    int st = wait_worker(30000);
-    assert_true(st != -1);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
-
-    /* Every answered task's offset is committed for the group. */
-    char group[BM_TOPIC_MAX + 16];
+    char err[512], group[BM_TOPIC_MAX + 16];
     snprintf(group, sizeof group, "%sworkers.%s", prefix, gallery);
     struct bm_bus_conf c = bus_conf();
     struct bm_consumer *k = bm_consumer_new(&c, group, NULL, NULL, err, sizeof err);
@@ -787,12 +785,51 @@ static void test_sigterm_commits(void **state)
         tps[p].partition = p;
         tps[p].offset = BM_OFFSET_INVALID;
     }
-    assert_int_equal(bm_consumer_committed(k, tps, S * R, WAIT_MS, err, sizeof err), BM_OK);
+    if (bm_consumer_committed(k, tps, S * R, WAIT_MS, err, sizeof err) != BM_OK)
+        fail_msg("committed: %s", err);
     for (int p = 0; p < S * R; p++)
-        if (tps[p].offset != produced_per_partition[p])
-            fail_msg("partition %d: committed %lld, produced %lld", p, (long long)tps[p].offset,
-                     (long long)produced_per_partition[p]);
+        out[p] = tps[p].offset;
     bm_consumer_free(k);
+}
+
+/* Wait (bounded: the worker commits stored offsets every 5 s) until shard
+ * 0's partitions are committed up to everything produced to them. */
+static void await_shard0_committed(void)
+{
+    int64_t got[S * R];
+    int64_t end = bm_test_now_ms() + WAIT_MS;
+    for (;;) {
+        group_committed(got);
+        int done = 1;
+        for (uint32_t r = 0; r < R; r++)
+            done &= got[r * S] == produced_per_partition[r * S];
+        if (done)
+            return;
+        if (bm_test_now_ms() > end)
+            fail_msg("shard 0 not committed: partition 0 at %lld of %lld",
+                     (long long)got[0], (long long)produced_per_partition[0]);
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void test_sigterm_commits(void **state)
+{
+    (void)state;
+    assert_true(worker_pid > 0);
+    kill(worker_pid, SIGTERM);
+    int st = wait_worker(30000);
+    assert_true(st != -1);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+
+    /* Every answered task's offset is committed for the group. */
+    int64_t got[S * R];
+    group_committed(got);
+    for (int p = 0; p < S * R; p++)
+        if (got[p] != produced_per_partition[p])
+            fail_msg("partition %d: committed %lld, produced %lld", p, (long long)got[p],
+                     (long long)produced_per_partition[p]);
 
     /* A new worker answers new tasks and none of the old ones again. */
     start_worker();
@@ -806,21 +843,79 @@ static void test_sigterm_commits(void **state)
     expect_no_duplicates(1500);
 }
 
+/* SIGKILL with work in flight. To make "in flight" certain on any machine,
+ * the first tasks of shard 1's partitions ask for a gallery version that is
+ * not published yet: the worker polls them and parks them
+ * (worker.min_version_wait_ms is long here). Tasks behind them on the same
+ * partitions need no version and are answered, which proves the parked
+ * ones were polled (a partition delivers in order); shard 0's tasks are
+ * answered and committed. Before the kill the test checks that mid-stream
+ * state: shard 1's committed offsets have not moved past the parked tasks
+ * (offsets are stored in order, only after delivery), nothing parked was
+ * answered. Then it publishes the version, starts a new worker and checks
+ * that every parked task is redelivered and answered, and nothing of shard
+ * 0 answered twice. A worker that stored an offset before the task's
+ * partial was delivered would commit past the parked tasks and lose them. */
 static void test_sigkill_redelivers(void **state)
 {
     (void)state;
     assert_true(worker_pid > 0);
-    size_t from = njobs;
-    for (uint32_t i = 0; i < 40; i++)
-        submit(i % S, (i / S) % R, BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 1 + i % 3,
-               (long)(i % NSUBJ), 5, 0, 0.0f, NULL, 0, 1);
-    kill_worker(); /* mid-stream: some tasks answered, some not */
-    start_worker();
-    await_answers(from, njobs, WAIT_MS);
-    for (size_t i = from; i < njobs; i++)
-        check_identify(&jobs[i]);
     kill(worker_pid, SIGTERM);
     int st = wait_worker(30000);
+    assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int64_t before[S * R];
+    group_committed(before);
+
+    setenv("BIOMATCH_WORKER_MIN_VERSION_WAIT_MS", "300000", 1);
+    start_worker();
+    setenv("BIOMATCH_WORKER_MIN_VERSION_WAIT_MS", "3000", 1);
+
+    uint64_t next_version = manifest[1]->version + 1;
+    size_t parked_from = njobs;
+    for (uint32_t i = 0; i < 4 * R; i++)
+        submit(1, i % R, BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 1 + i % 3,
+               (long)(i % NSUBJ), 5, 0, 0.0f, NULL, next_version, 1);
+    size_t behind_from = njobs;
+    for (uint32_t i = 0; i < 4 * R; i++)
+        submit(1, i % R, BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 1, (long)i, 5, 0, 0.0f,
+               NULL, 0, 1);
+    size_t shard0_from = njobs;
+    for (uint32_t i = 0; i < 20; i++)
+        submit(0, i % R, BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 1 + i % 3,
+               (long)(i % NSUBJ), 5, 0, 0.0f, NULL, 0, 1);
+    size_t shard0_to = njobs;
+    await_answers(behind_from, shard0_to, WAIT_MS);
+    await_shard0_committed();
+
+    int64_t mid[S * R];
+    group_committed(mid);
+    for (uint32_t r = 0; r < R; r++)
+        if (mid[1 + r * S] != before[1 + r * S])
+            fail_msg("partition %u committed %lld past its parked tasks (was %lld)", 1 + r * S,
+                     (long long)mid[1 + r * S], (long long)before[1 + r * S]);
+    for (size_t i = parked_from; i < behind_from; i++)
+        if (jobs[i].answers != 0)
+            fail_msg("%s answered before its version exists", jobs[i].id);
+
+    kill_worker();
+
+    size_t k = add_subject("after-kill-subject");
+    publish_segment(1, &k, 1);
+    assert_int_equal(manifest[1]->version, next_version);
+    start_worker();
+    await_answers(parked_from, behind_from, WAIT_MS);
+    for (size_t i = parked_from; i < behind_from; i++)
+        check_identify(&jobs[i]);
+    /* The tasks behind the parked ones were answered but not committed:
+     * they come again (at-least-once); shard 0's were committed: never. */
+    count_answers(1500);
+    for (size_t i = shard0_from; i < shard0_to; i++)
+        if (jobs[i].answers != 1)
+            fail_msg("%s (committed) answered %d times", jobs[i].id, jobs[i].answers);
+    for (size_t i = parked_from; i < behind_from; i++)
+        assert_int_equal(jobs[i].answers, 1);
+    kill(worker_pid, SIGTERM);
+    st = wait_worker(30000);
     assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 

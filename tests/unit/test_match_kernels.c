@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -308,13 +309,19 @@ static void run_filter(const struct bm_kernels *k)
     }
 }
 
+/* Levels this CPU lacks, so their kernels went untested; counted over the
+ * whole run and reported by main, so a runner without AVX-512 says so. */
+static int skipped_levels[BM_SIMD_AVX512 + 1];
+
 static void for_each_level(void (*fn)(const struct bm_kernels *))
 {
     int ran = 0;
     for (int l = BM_SIMD_SCALAR; l <= BM_SIMD_AVX512; l++) {
         const struct bm_kernels *k = bm_kernels_for((enum bm_simd)l);
-        if (k == NULL)
+        if (k == NULL) {
+            skipped_levels[l]++;
             continue;
+        }
         assert_int_equal(bm_simd_force((enum bm_simd)l), BM_OK);
         assert_ptr_equal(bm_kernels_get(), k);
         fn(k);
@@ -322,6 +329,36 @@ static void for_each_level(void (*fn)(const struct bm_kernels *))
     }
     assert_true(ran >= 1);
     bm_simd_force(bm_simd_detect());
+}
+
+/* Print which levels were tested and which were skipped; returns how many
+ * were skipped. BIOMATCH_TEST_REQUIRE_SIMD=<level> makes a skipped level
+ * at or below <level> a failure, for runners that must test it. */
+static int report_levels(void)
+{
+    int skipped = 0;
+    enum bm_simd required = BM_SIMD_SCALAR;
+    const char *req = getenv("BIOMATCH_TEST_REQUIRE_SIMD");
+    if (req != NULL && req[0] != '\0' && bm_simd_parse(req, &required) != BM_OK) {
+        fprintf(stderr, "BIOMATCH_TEST_REQUIRE_SIMD=%s: not a SIMD level\n", req);
+        return -1;
+    }
+    for (int l = BM_SIMD_SCALAR; l <= BM_SIMD_AVX512; l++) {
+        if (skipped_levels[l] == 0) {
+            printf("SIMD level %s: tested\n", bm_simd_name((enum bm_simd)l));
+            continue;
+        }
+        skipped++;
+        printf("SIMD level %s: SKIPPED (this CPU lacks it; %d kernel groups untested)\n",
+               bm_simd_name((enum bm_simd)l), skipped_levels[l]);
+        if (l <= (int)required) {
+            fprintf(stderr, "SIMD level %s is required (BIOMATCH_TEST_REQUIRE_SIMD) but was "
+                            "skipped\n", bm_simd_name((enum bm_simd)l));
+            return -1;
+        }
+    }
+    printf("SIMD levels skipped: %d (CPU features: %s)\n", skipped, bm_cpu_features());
+    return skipped;
 }
 
 static void test_dots(void **state) { (void)state; for_each_level(run_dots); }
@@ -392,5 +429,8 @@ int main(void)
         cmocka_unit_test(test_iris_rows),
         cmocka_unit_test(test_filter),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    if (report_levels() < 0)
+        return 1;
+    return failed;
 }
