@@ -78,5 +78,6 @@ int cli_submit(int argc, char **argv);
 int cli_tail(int argc, char **argv);
 int cli_up(int argc, char **argv);
 int cli_keygen(int argc, char **argv);
+int cli_audit(int argc, char **argv);
 
 #endif /* BM_CLI_H */

@@ -22,6 +22,8 @@ static void usage(FILE *f)
             "  submit                 send a match job, optionally wait for its result\n"
             "  keygen                 make an Ed25519 signing key and its policy line\n"
             "  tail TOPIC             follow results, partials, dlq, audit or jobs\n"
+            "  audit verify           check the audit chains for modified, inserted,\n"
+            "                         deleted or truncated records\n"
             "  up                     run a local cluster (embedded Kafka, Redis, coordinator,\n"
             "                         workers); --demo runs a synthetic workload\n\n"
             "Connection flags shared by the commands that need them:\n"
@@ -55,6 +57,8 @@ int main(int argc, char **argv)
         return cli_keygen(argc - 1, argv + 1);
     if (strcmp(cmd, "tail") == 0)
         return cli_tail(argc - 1, argv + 1);
+    if (strcmp(cmd, "audit") == 0)
+        return cli_audit(argc - 1, argv + 1);
     if (strcmp(cmd, "up") == 0)
         return cli_up(argc - 1, argv + 1);
     fprintf(stderr, "biomatch: unknown command '%s'\n", cmd);

@@ -60,6 +60,7 @@ static const char *audit_kind(Biomatch__V1__AuditRecord__Kind k)
     case BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_JOB: return "JOB";
     case BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_ENROLL: return "ENROLL";
     case BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_GALLERY_DEFINITION: return "GALLERY_DEFINITION";
+    case BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_CHECKPOINT: return "CHECKPOINT";
     default: return "UNSPECIFIED";
     }
 }

@@ -56,7 +56,6 @@ struct bm_agg {
     struct ptrack *parts;
     size_t nparts;
     char partials[BM_TOPIC_MAX], results[BM_TOPIC_MAX], dlq[BM_TOPIC_MAX];
-    char audit_topic[BM_TOPIC_MAX];
     char fatal[256];
     struct bm_counter *dup;     /* duplicate partials dropped */
     struct bm_counter *orphans; /* shard partials whose marker never came */
@@ -309,14 +308,16 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     r.attributes = (Biomatch__V1__MatchResult__AttributesEntry **)o->attributes;
     const char *topic = o->reply_topic && o->reply_topic[0] ? o->reply_topic : ag->results;
     int rc = send_msg(ag, topic, j->id, &r.base, o->traceparent, j->id);
-    free(mc);
-    free(cv);
-    free(cp);
-    if (rc != BM_OK)
+    if (rc != BM_OK) {
+        free(mc);
+        free(cv);
+        free(cp);
         return rc;
+    }
     j->state = BM_JOB_SENT;
 
-    /* Audit: who searched what, how it ended, how many candidates; never
+    /* Audit: who searched what, where the answer went, how it ended, which
+     * subjects came back (keyed hashes unless ids may be logged); never
      * templates, never scores. */
     Biomatch__V1__AuditRecord a = BIOMATCH__V1__AUDIT_RECORD__INIT;
     a.kind = BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_JOB;
@@ -324,18 +325,23 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     a.gallery = o->gallery;
     a.id = j->id;
     a.mode = o->mode;
+    a.subject_id = o->claimed_subject;
+    a.signer_key_id = o->signer_key_id;
+    a.reply_topic = (char *)topic;
     a.status = status;
     a.error_code = r.error_code;
     a.candidates = (uint32_t)kept;
-    uint8_t *abuf = NULL;
-    size_t alen = 0;
+    /* Out of memory here leaves the ids out, not the record. */
+    a.subjects = kept ? malloc(kept * sizeof *a.subjects) : NULL;
+    a.n_subjects = a.subjects ? kept : 0;
+    for (size_t i = 0; i < a.n_subjects; i++)
+        a.subjects[i] = cv[i].subject_id;
+    bm_audit_emit(ag->audit, &a, NULL);
+    free(a.subjects);
+    free(mc);
+    free(cv);
+    free(cp);
     char err[256];
-    rc = bm_audit_seal(ag->audit, &a, &abuf, &alen, err, sizeof err);
-    if (rc == BM_OK) {
-        rc = send_rec(ag, ag->audit_topic, o->agency, strlen(o->agency), abuf, alen,
-                      &biomatch__v1__audit_record__descriptor, NULL, NULL, NULL);
-        free(abuf);
-    }
 
     if (ag->ctx->metrics) {
         const char *sl[] = {"gallery", o->gallery, "status", status_label(status), NULL};
@@ -519,7 +525,7 @@ static void agg_free(struct bm_agg *ag)
     bm_consumer_free(ag->cons);
     bm_producer_free(ag->prod);
     bm_jobtable_free(ag->jobs);
-    bm_audit_free(ag->audit);
+    bm_audit_close(ag->audit);
     free(ag->parts);
     free(ag);
 }
@@ -537,16 +543,12 @@ static struct bm_agg *agg_new(struct bm_coord_ctx *ctx, char *err, size_t errlen
     bm_topic_name(ag->partials, sizeof ag->partials, pfx, BM_TOPIC_PARTIALS);
     bm_topic_name(ag->results, sizeof ag->results, pfx, BM_TOPIC_RESULTS);
     bm_topic_name(ag->dlq, sizeof ag->dlq, pfx, BM_TOPIC_DLQ);
-    bm_topic_name(ag->audit_topic, sizeof ag->audit_topic, pfx, BM_TOPIC_AUDIT);
     ag->jobs = bm_jobtable_new(DONE_WINDOW_MS, DONE_MAX);
     if (ag->jobs == NULL) {
         bm_seterr(err, errlen, BM_ENOMEM, "aggregate: out of memory");
         goto fail;
     }
-    char writer[160];
-    snprintf(writer, sizeof writer, "%.100s/aggregate/%lld", ctx->conf->node_id,
-             (long long)bm_wall_ms());
-    ag->audit = bm_audit_new(writer, err, errlen);
+    ag->audit = bm_audit_open(ctx, "aggregate", err, errlen);
     if (ag->audit == NULL)
         goto fail;
     if (ctx->metrics) {

@@ -1,50 +1,58 @@
-/* Hash-chained audit records (docs/architecture.md §6): one AuditRecord per
- * job and per gallery change, produced to the audit topic keyed by agency.
+/* The coordinator's audit writer: one AuditRecord per job outcome and per
+ * gallery change, sealed into a keyed chain (lib/audit/chain.h) and
+ * produced to the audit topic, keyed by the writer id.
  *
- * Records of one writer form a chain: seq counts 1, 2, 3, ... and
- *   hash = SHA-256(prev_hash || the record encoded with 'hash' empty)
- * where prev_hash is the previous record's hash (empty for seq 1). An
- * auditor sorts one writer's records by seq (they may sit on different
- * partitions) and recomputes the hashes; a missing, altered or reordered
- * record breaks the chain. A writer id names one process incarnation (the
- * coordinator uses "<node id>/<role>/<start ms>"), so a restarted process
- * starts a new chain instead of forking an old one.
+ * One chain per writer: a writer is one role of one coordinator,
+ * "<node id>/<role>", so coordinators running side by side write
+ * independent chains and node ids must be unique per coordinator (two live
+ * processes with one node id fork a chain, which `biomatch audit verify`
+ * reports). All records of a writer share its key and so one partition, in
+ * seq order. On open the writer reads the audit topic for the last record
+ * of its id and continues that chain (a restart never starts a new one);
+ * it writes a CHECKPOINT record after audit.checkpoint_records records and
+ * at least every audit.checkpoint_interval_ms, and a final checkpoint when
+ * it is closed, so a verifier can tell a truncated chain from a live one.
  *
- * Thread: a struct bm_audit may be shared; bm_audit_seal takes its mutex,
- * so seq order equals the order of the seal calls. Callers that care about
- * partition order produce the record before they seal the next one. */
+ * The writer has its own idempotent producer and a thread that serves its
+ * delivery reports and writes the timed checkpoints, so a role's own
+ * offsets never wait on audit delivery; a failed delivery is logged and
+ * counted (biomatch_audit_failed_total) and shows up in a verification as
+ * a gap. Thread: bm_audit_emit from any thread (a mutex orders seal and
+ * send); open and close from the role's thread. */
 #ifndef BM_COORD_AUDIT_H
 #define BM_COORD_AUDIT_H
 
 #include <stddef.h>
-#include <stdint.h>
 
 #include "biomatch.pb-c.h"
+#include "bus/bus.h"
 #include "common/err.h"
 
+struct bm_coord_ctx;
 struct bm_audit;
 
-/* A chain for 'writer' (copied, 1..128 bytes). NULL with the reason in err
- * on a bad writer or ENOMEM. The caller owns it (bm_audit_free). */
-struct bm_audit *bm_audit_new(const char *writer, char *err, size_t errlen);
+/* Open the writer of role 'role' ("intake", "aggregate", "gallery") under
+ * ctx's configuration: load the audit key (security.audit_key_file; none:
+ * an unkeyed chain and a warning), create the producer, recover the chain
+ * head from the audit topic and start the checkpoint thread. Returns the
+ * writer (the caller closes it with bm_audit_close) or NULL with the reason
+ * in err (bad key file, Kafka unreachable or the head unreadable within
+ * the timeout); nothing to release then. */
+struct bm_audit *bm_audit_open(const struct bm_coord_ctx *ctx, const char *role, char *err,
+                               size_t errlen);
 
-/* Accepts NULL. */
-void bm_audit_free(struct bm_audit *a);
+/* Write the final checkpoint, wait (bounded) for every record's delivery,
+ * stop the thread and free. Accepts NULL. */
+void bm_audit_close(struct bm_audit *a);
 
-/* Chain 'rec' (filled by the caller: kind, agency, gallery, id, op, subject,
- * status, error_code, ...): sets writer, seq, prev_hash, hash and, when 0,
- * time_unix_ms, then encodes it. 'rec' is borrowed; on return its writer
- * points into 'a' and its hash fields are cleared (the encoding has them).
- * On BM_OK *out is a malloc'd encoding of *len bytes (caller frees). On
- * failure (BM_ENOMEM) the chain is unchanged and *out is NULL. */
-int bm_audit_seal(struct bm_audit *a, Biomatch__V1__AuditRecord *rec, uint8_t **out,
-                  size_t *len, char *err, size_t errlen);
-
-/* Recompute the hash of a received record (its prev_hash as stored) into
- * 'hash'. BM_OK or BM_ENOMEM. For auditors and tests. */
-int bm_audit_hash(const Biomatch__V1__AuditRecord *rec, uint8_t hash[32]);
-
-/* Records sealed so far. */
-uint64_t bm_audit_seq(const struct bm_audit *a);
+/* Seal 'rec' (kind and content filled by the caller; borrowed) into the
+ * chain and produce it. When rec->signer_key_id is empty and 'src' (the
+ * request record, may be NULL) carries a signature header, the key id it
+ * names is recorded. Unless audit.log_subject_ids, every rec->subjects
+ * entry is replaced by its keyed hash in the record (rec's array itself is
+ * left as it was). Returns BM_OK (delivery then happens in the
+ * background) or the error, which is also logged and counted. */
+int bm_audit_emit(struct bm_audit *a, Biomatch__V1__AuditRecord *rec,
+                  const struct bm_bus_msg *src);
 
 #endif /* BM_COORD_AUDIT_H */

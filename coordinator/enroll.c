@@ -103,7 +103,6 @@ struct enroll {
     char group[BM_TOPIC_MAX];
     char t_enroll[BM_TOPIC_MAX];
     char t_dlq[BM_TOPIC_MAX];
-    char t_audit[BM_TOPIC_MAX];
     struct galent cache[ENROLL_CACHE_MAX];
     size_t ncache;
     struct batch ring[ENROLL_INFLIGHT];  /* ring[head .. head+nbatch) in flight */
@@ -227,8 +226,10 @@ static int send(struct enroll *e, const char *topic, int32_t partition, const vo
 
 /* ------------------------------------------------------------ audit */
 
-static void audit(struct enroll *e, const Biomatch__V1__EnrollRequest *req,
-                  Biomatch__V1__ResultStatus status, Biomatch__V1__ErrorCode code)
+/* 'm' is the request record (its signature header names the key). */
+static void audit(struct enroll *e, const struct bm_bus_msg *m,
+                  const Biomatch__V1__EnrollRequest *req, Biomatch__V1__ResultStatus status,
+                  Biomatch__V1__ErrorCode code)
 {
     Biomatch__V1__AuditRecord rec = BIOMATCH__V1__AUDIT_RECORD__INIT;
     rec.kind = BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_ENROLL;
@@ -238,19 +239,11 @@ static void audit(struct enroll *e, const Biomatch__V1__EnrollRequest *req,
         rec.id = req->request_id;
         rec.op = req->op;
         rec.subject_id = req->subject_id;
+        rec.reply_topic = req->reply_topic;
     }
     rec.status = status;
     rec.error_code = code;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    char err[128];
-    if (bm_audit_seal(e->audit, &rec, &buf, &len, err, sizeof err) != BM_OK) {
-        BM_LOGF(BM_LOG_ERROR, "audit record not sealed", BM_LF_STR("error", err));
-        return;
-    }
-    const char *agency = rec.agency != NULL ? rec.agency : "";
-    send(e, e->t_audit, BM_PARTITION_ANY, agency, strlen(agency), buf, len, NULL, 1);
-    free(buf);
+    bm_audit_emit(e->audit, &rec, m);
 }
 
 /* ------------------------------------------------------------ rejection */
@@ -293,7 +286,7 @@ static void reject(struct enroll *e, const struct bm_bus_msg *m,
         bm_bus_headers_add_str(&h, BM_HDR_ERROR, hv);
         send(e, e->t_dlq, BM_PARTITION_ANY, m->key, m->keylen, m->value, m->valuelen, &h, 1);
     }
-    audit(e, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED, code);
+    audit(e, m, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED, code);
 }
 
 /* ------------------------------------------------------------ checks */
@@ -584,7 +577,7 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         free(buf);
     }
     bm_counter_inc(e->m_accepted);
-    audit(e, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK,
+    audit(e, m, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK,
           BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE);
     bm_wire_free(pm);
     return BM_OK;
@@ -778,7 +771,7 @@ static void enroll_free(struct enroll *e)
     }
     for (size_t i = 0; i < e->ncache; i++)
         galent_clear(&e->cache[i]);
-    bm_audit_free(e->audit);
+    bm_audit_close(e->audit);
     bm_redis_close(e->redis);
     bm_policy_destroy(e->policy);
     bm_keyring_free(e->keyring);
@@ -794,13 +787,10 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
     if (e == NULL)
         return BM_ENOMEM;
     e->ctx = ctx;
-    char writer[200];
-    snprintf(writer, sizeof writer, "%s/gallery/%lld", conf->node_id, (long long)bm_wall_ms());
     snprintf(e->group, sizeof e->group, "%scoordinator-enroll", conf->topic_prefix);
     int rc = BM_OK;
     if (bm_topic_name(e->t_enroll, sizeof e->t_enroll, conf->topic_prefix, BM_TOPIC_ENROLL) ||
-        bm_topic_name(e->t_dlq, sizeof e->t_dlq, conf->topic_prefix, BM_TOPIC_DLQ) ||
-        bm_topic_name(e->t_audit, sizeof e->t_audit, conf->topic_prefix, BM_TOPIC_AUDIT)) {
+        bm_topic_name(e->t_dlq, sizeof e->t_dlq, conf->topic_prefix, BM_TOPIC_DLQ)) {
         rc = bm_seterr(err, sizeof err, BM_EINVAL, "topic prefix too long");
         goto fail;
     }
@@ -843,7 +833,7 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
     if ((rc = bm_coord_bus_conf(ctx, extra, sizeof extra / sizeof extra[0], &e->bus,
                                 &e->props, err, sizeof err)) != BM_OK)
         goto fail;
-    if ((e->audit = bm_audit_new(writer, err, sizeof err)) == NULL ||
+    if ((e->audit = bm_audit_open(ctx, "gallery", err, sizeof err)) == NULL ||
         (e->redis = bm_coord_redis(ctx, err, sizeof err)) == NULL ||
         (e->producer = bm_producer_new(&e->bus, err, sizeof err)) == NULL) {
         rc = BM_EINVAL;

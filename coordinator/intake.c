@@ -61,7 +61,7 @@ struct bm_intake {
     struct bm_wire_limits limits;
     struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
     char jobs[BM_TOPIC_MAX], partials[BM_TOPIC_MAX], results[BM_TOPIC_MAX];
-    char dlq[BM_TOPIC_MAX], audit_topic[BM_TOPIC_MAX];
+    char dlq[BM_TOPIC_MAX];
     struct pend *head, *tail;  /* FIFO in consumption order */
     struct pend *cur;          /* the record being processed */
     char fatal[256];           /* non-empty: a delivery failed for good */
@@ -142,11 +142,11 @@ static int send_msg(struct bm_intake *in, const char *topic, int32_t partition,
 
 /* ---------------------------------------------------------------- outcomes */
 
-/* One audit record (never templates, never scores), produced on behalf of
- * the current jobs record so its offset waits for it too. */
-static int audit_job(struct bm_intake *in, const char *agency, const char *gallery,
-                     const char *id, Biomatch__V1__MatchMode mode, const char *subject,
-                     Biomatch__V1__ErrorCode code)
+/* One audit record (never templates, never scores) for a job intake
+ * refused; 'm' is the job record (its signature header names the key). */
+static int audit_job(struct bm_intake *in, const struct bm_bus_msg *m, const char *agency,
+                     const char *gallery, const char *id, Biomatch__V1__MatchMode mode,
+                     const char *subject, const char *reply_topic, Biomatch__V1__ErrorCode code)
 {
     Biomatch__V1__AuditRecord a = BIOMATCH__V1__AUDIT_RECORD__INIT;
     a.kind = BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_JOB;
@@ -155,22 +155,10 @@ static int audit_job(struct bm_intake *in, const char *agency, const char *galle
     a.id = (char *)id;
     a.mode = mode;
     a.subject_id = (char *)subject;
+    a.reply_topic = (char *)reply_topic;
     a.status = BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED;
     a.error_code = code;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    char err[256];
-    int rc = bm_audit_seal(in->audit, &a, &buf, &len, err, sizeof err);
-    if (rc != BM_OK)
-        return rc;
-    char ct[160];
-    bm_wire_content_type(&biomatch__v1__audit_record__descriptor, ct, sizeof ct);
-    struct bm_bus_headers h;
-    bm_bus_headers_init(&h);
-    bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
-    rc = send_rec(in, in->audit_topic, BM_PARTITION_ANY, agency, strlen(agency), buf, len, &h);
-    free(buf);
-    return rc;
+    return bm_audit_emit(in->audit, &a, m);
 }
 
 /* An undecodable (or oversized) record: the original key, value and
@@ -194,7 +182,8 @@ static int to_dlq(struct bm_intake *in, const struct bm_bus_msg *m,
     bm_log(BM_LOG_WARN, "job record sent to dlq", "error", ev, NULL);
     if (rc != BM_OK)
         return rc;
-    return audit_job(in, "", "", "", BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED, "", code);
+    return audit_job(in, m, "", "", "", BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED, "", "",
+                     code);
 }
 
 /* s when it is valid UTF-8 of at most max bytes, else "": a rejection must
@@ -244,8 +233,8 @@ static int reject(struct bm_intake *in, const struct bm_bus_msg *m,
            bm_wire_error_code_name(code), "error", r.error, NULL);
     if (rc != BM_OK)
         return rc;
-    return audit_job(in, r.agency, r.gallery, r.job_id, r.mode, safe(job->claimed_subject, 128),
-                     code);
+    return audit_job(in, m, r.agency, r.gallery, r.job_id, r.mode, safe(job->claimed_subject, 128),
+                     topic, code);
 }
 
 /* ---------------------------------------------------------------- fan-out */
@@ -281,6 +270,7 @@ static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
     o.attributes = (Biomatch__V1__PartialResult__AttributesEntry **)job->attributes;
     o.traceparent = (char *)(traceparent ? traceparent : "");
     o.probe_count = (uint32_t)job->n_probes;
+    o.claimed_subject = job->claimed_subject;
     int rc = send_msg(in, in->partials, BM_PARTITION_ANY, job->job_id, idlen, &o.base,
                       traceparent);
     if (rc != BM_OK)
@@ -486,7 +476,7 @@ static void intake_free(struct bm_intake *in)
         free(p);
     }
     bm_galcache_free(in->cache);
-    bm_audit_free(in->audit);
+    bm_audit_close(in->audit);
     bm_admin_free(in->admin);
     bm_redis_close(in->redis);
     bm_policy_destroy(in->policy);
@@ -520,7 +510,6 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
     bm_topic_name(in->partials, sizeof in->partials, pfx, BM_TOPIC_PARTIALS);
     bm_topic_name(in->results, sizeof in->results, pfx, BM_TOPIC_RESULTS);
     bm_topic_name(in->dlq, sizeof in->dlq, pfx, BM_TOPIC_DLQ);
-    bm_topic_name(in->audit_topic, sizeof in->audit_topic, pfx, BM_TOPIC_AUDIT);
 
     struct bm_bus_conf bc;
     struct bm_bus_prop *props = NULL;
@@ -549,10 +538,7 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
         bm_seterr(err, errlen, BM_ENOMEM, "intake: out of memory");
         goto fail;
     }
-    char writer[160];
-    snprintf(writer, sizeof writer, "%.100s/intake/%lld", ctx->conf->node_id,
-             (long long)bm_wall_ms());
-    in->audit = bm_audit_new(writer, err, errlen);
+    in->audit = bm_audit_open(ctx, "intake", err, errlen);
     if (in->audit == NULL)
         goto fail;
     const char *topics[] = {in->jobs};

@@ -105,6 +105,16 @@ static const struct key KEYS[] = {
      F(security.at_rest_previous_keys), F(security.at_rest_previous_keys_n), 0, 0, NULL},
     {"security.policy_file", "BIOMATCH_SECURITY_POLICY_FILE", K_STR, F(security.policy_file), 0,
      0, 0, NULL},
+    {"security.audit_key_file", "BIOMATCH_SECURITY_AUDIT_KEY_FILE", K_STR,
+     F(security.audit_key_file), 0, 0, 0, NULL},
+    {"security.audit_key_id", "BIOMATCH_SECURITY_AUDIT_KEY_ID", K_STR,
+     F(security.audit_key_id), 0, 0, 0, NULL},
+    {"audit.checkpoint_records", "BIOMATCH_AUDIT_CHECKPOINT_RECORDS", K_INT,
+     F(audit.checkpoint_records), 0, 1, 1000000, NULL},
+    {"audit.checkpoint_interval_ms", "BIOMATCH_AUDIT_CHECKPOINT_INTERVAL_MS", K_INT,
+     F(audit.checkpoint_interval_ms), 0, 100, 3600000, NULL},
+    {"audit.log_subject_ids", "BIOMATCH_AUDIT_LOG_SUBJECT_IDS", K_BOOL,
+     F(audit.log_subject_ids), 0, 0, 0, NULL},
     {"simd", "BIOMATCH_SIMD", K_ENUM, F(simd), 0, 0, 0, simds},
 };
 #undef F
@@ -112,7 +122,8 @@ static const struct key KEYS[] = {
 
 /* Mapping sections that hold table keys. "kafka" is handled apart. */
 static const char *const SECTIONS[] = {"topics", "redis", "http", "log", "worker",
-                                       "coordinator", "security", NULL};
+                                       "coordinator", "audit", "security", NULL};
+#define NSECTIONS (sizeof SECTIONS / sizeof SECTIONS[0] - 1)
 
 #define FIELD(c, k, type) ((type *)(void *)((char *)(c) + (k)->off))
 
@@ -479,7 +490,7 @@ static bool is_section(const char *s)
 static int load_map(struct loader *L, yaml_document_t *doc, yaml_node_t *map,
                     const char *prefix)
 {
-    bool seen_sections[8] = {false};
+    bool seen_sections[NSECTIONS + 1] = {false}; /* the last one is "kafka" */
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
          p++) {
         yaml_node_t *kn = yaml_document_get_node(doc, p->key);
@@ -496,7 +507,7 @@ static int load_map(struct loader *L, yaml_document_t *doc, yaml_node_t *map,
                 while (strcmp(SECTIONS[si], key) != 0)
                     si++;
             else
-                si = 7;
+                si = NSECTIONS;
             if (seen_sections[si])
                 return bm_seterr(L->err, L->errlen, BM_EINVAL, "%s:%lu: duplicate key '%s'",
                                  L->name, line_of(kn), key);
@@ -627,6 +638,8 @@ static int set_defaults(struct bm_conf *c)
     c->coordinator.segment_max_bytes = 16LL * MIB;
     c->coordinator.segment_max_age_ms = 1000;
     c->coordinator.roles = BM_CONF_ROLE_ALL;
+    c->audit.checkpoint_records = 1000;
+    c->audit.checkpoint_interval_ms = 60000;
     if (set_str(&c->node_id, host) || set_str(&c->topic_prefix, "biomatch.") ||
         set_str(&c->brokers, "127.0.0.1:9092") ||
         set_str(&c->redis.url, "redis://127.0.0.1:6379") ||
@@ -676,6 +689,12 @@ static int check(const struct bm_conf *c, char *err, size_t errlen)
                          "topics.min_insync_replicas (%d) must not exceed "
                          "topics.replication_factor (%d): no write could ever succeed",
                          c->topics.min_insync_replicas, c->topics.replication_factor);
+    if ((c->security.audit_key_file == NULL) != (c->security.audit_key_id == NULL))
+        return bm_seterr(err, errlen, BM_EINVAL,
+                         "security.audit_key_file and security.audit_key_id go together");
+    if (c->security.audit_key_id != NULL && !valid_name(c->security.audit_key_id, 64))
+        return bm_seterr(err, errlen, BM_EINVAL,
+                         "security.audit_key_id must be 1-64 of [A-Za-z0-9._-]");
     if (c->redis.tls_key_file != NULL && c->redis.tls_cert_file == NULL)
         return bm_seterr(err, errlen, BM_EINVAL,
                          "redis.tls_key_file needs redis.tls_cert_file");

@@ -83,7 +83,14 @@ struct bm_conf {
         char **at_rest_previous_keys; /* "id=path" keys that only decrypt (rotation) */
         size_t at_rest_previous_keys_n;
         char *policy_file;         /* NULL: no policy, every agency may do anything */
+        char *audit_key_file;      /* NULL: the audit chain is unkeyed SHA-256 */
+        char *audit_key_id;        /* NULL iff audit_key_file is NULL */
     } security;
+    struct {
+        int checkpoint_records;    /* a checkpoint after this many records */
+        int checkpoint_interval_ms; /* and at least this often */
+        bool log_subject_ids;      /* false: returned ids are logged as keyed hashes */
+    } audit;
     char *simd;                    /* auto|scalar|avx2|avx512 */
 };
 

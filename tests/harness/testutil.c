@@ -97,3 +97,16 @@ int bm_test_free_port(void)
     close(fd);
     return ntohs(sa.sin_port);
 }
+
+void bm_test_bin(char *buf, size_t len, const char *name)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    assert_true(n > 0);
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    assert_non_null(slash);
+    *slash = '\0';
+    int w = snprintf(buf, len, "%s/../bin/%s", self, name);
+    assert_true(w > 0 && (size_t)w < len);
+}

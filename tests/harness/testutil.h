@@ -31,4 +31,9 @@ int bm_test_http(int port, const char *method, const char *path, char *body, siz
  * whose HTTP port the test must know). */
 int bm_test_free_port(void);
 
+/* The path of the built program 'name' (build/bin/<name>, found from this
+ * test executable's own path in build/tests) into 'buf'; fails the test
+ * when it cannot be worked out. */
+void bm_test_bin(char *buf, size_t len, const char *name);
+
 #endif /* BM_TESTUTIL_H */
