@@ -304,14 +304,8 @@ static int enroll(struct bm_producer *p, const char *topic, const struct data *d
         req.template_ = &t;
         req.submitted_unix_ms = now;
         size_t len = biomatch__v1__enroll_request__pack(&req, buf);
-        int rc;
-        for (;;) {
-            rc = bm_producer_send(p, topic, BM_PARTITION_ANY, subject, strlen(subject), buf, len,
-                                  h.v, h.n, on_enroll_delivery, &st);
-            if (rc != BM_ERANGE || *stop)
-                break;
-            bm_producer_poll(p, 20);
-        }
+        int rc = bm_producer_send_wait(p, topic, BM_PARTITION_ANY, subject, strlen(subject), buf,
+                                       len, h.v, h.n, BM_SEND_SERVE, on_enroll_delivery, &st);
         if (rc != BM_OK) {
             fprintf(stderr, "demo: enroll %s: %s\n", subject, bm_strerror(rc));
             return -1;

@@ -318,14 +318,8 @@ int cli_enroll(int argc, char **argv)
             }
             bm_bus_headers_add_str(&h, BM_POLICY_SIG_HEADER, sig);
         }
-        for (;;) {
-            rc = bm_producer_send(pr, topic, BM_PARTITION_ANY, subject, lens[i], pack, plen,
-                                  h.v, h.n, on_delivery, &dl);
-            if (rc != BM_ERANGE)
-                break;
-            /* Local queue full: serve delivery reports, then retry. */
-            bm_producer_poll(pr, 50);
-        }
+        rc = bm_producer_send_wait(pr, topic, BM_PARTITION_ANY, subject, lens[i], pack, plen,
+                                   h.v, h.n, BM_SEND_SERVE, on_delivery, &dl);
         if (rc != BM_OK) {
             fprintf(stderr, "biomatch: send %s: %s\n", reqid, bm_strerror(rc));
             break;

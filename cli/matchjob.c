@@ -19,7 +19,6 @@
 #include "wire/decode.h"
 #include "wire/headers.h"
 
-#define SEND_RETRY_MS 10000
 
 
 void cli_random(void *buf, size_t n)
@@ -144,15 +143,9 @@ int cli_job_send_signed(struct bm_producer *p, const char *topic,
         }
         bm_bus_headers_add_str(&h, BM_POLICY_SIG_HEADER, sig);
     }
-    int64_t give_up = bm_mono_ms() + SEND_RETRY_MS;
-    int rc;
-    for (;;) {
-        rc = bm_producer_send(p, topic, BM_PARTITION_ANY, job->job_id, strlen(job->job_id), buf,
-                              len, h.v, h.n, cb, opaque);
-        if (rc != BM_ERANGE || bm_mono_ms() > give_up)
-            break;
-        bm_producer_poll(p, 20);   /* local queue full: let deliveries drain */
-    }
+    int rc = bm_producer_send_wait(p, topic, BM_PARTITION_ANY, job->job_id,
+                                   strlen(job->job_id), buf, len, h.v, h.n, BM_SEND_SERVE, cb,
+                                   opaque);
     free(buf);
     if (rc != BM_OK)
         return bm_seterr(err, errlen, rc, "send job %s to %s: %s", job->job_id, topic,

@@ -59,6 +59,7 @@ struct bm_agg {
     char fatal[256];
     struct bm_counter *dup;     /* duplicate partials dropped */
     struct bm_counter *orphans; /* shard partials whose marker never came */
+    struct bm_counter *refused; /* records Kafka refused for good */
     struct bm_gauge *inflight;
 };
 
@@ -101,13 +102,23 @@ static struct ptrack *track(struct bm_agg *ag, int32_t p)
     return &ag->parts[p];
 }
 
+/* Transient failures never get here (lib/bus re-sends them); a purge means
+ * the producer is going away. A permanent refusal of a result is an outcome
+ * for that job: emit() sends the fallback (bm_job.refused). */
 static void on_delivery(const struct bm_delivery *d, void *opaque)
 {
     struct sent *s = opaque;
     struct bm_agg *ag = s->ag;
-    if (d->err != BM_OK) {
-        snprintf(ag->fatal, sizeof ag->fatal, "delivery to %s failed: %s",
-                 d->topic ? d->topic : "?", d->errstr ? d->errstr : "?");
+    if (d->err == BM_ECLOSED) {
+        snprintf(ag->fatal, sizeof ag->fatal, "delivery to %s purged",
+                 d->topic ? d->topic : "?");
+    } else if (d->err != BM_OK) {
+        bm_counter_inc(ag->refused);
+        bm_log(BM_LOG_ERROR, "record refused by Kafka", "topic", d->topic ? d->topic : "?",
+               "error", d->errstr ? d->errstr : "?", NULL);
+        struct bm_job *j = s->is_result ? bm_jobtable_find(ag->jobs, s->id) : NULL;
+        if (j && j->state == BM_JOB_SENT)
+            j->refused = d->err;
     } else if (s->is_result) {
         struct bm_job *j = bm_jobtable_find(ag->jobs, s->id);
         /* Only mark it: this may run inside a scan of the open list (a
@@ -141,17 +152,11 @@ static int send_rec(struct bm_agg *ag, const char *topic, const char *key, size_
         if (traceparent && traceparent[0])
             bm_bus_headers_add_str(&h, BM_HDR_TRACEPARENT, traceparent);
     }
-    for (int attempt = 0;; attempt++) {
-        int rc = bm_producer_send(ag->prod, topic, BM_PARTITION_ANY, key, keylen, val, vallen,
-                                  h.v, h.n, on_delivery, s);
-        if (rc == BM_OK)
-            return BM_OK;
-        if (rc != BM_ERANGE || attempt >= 100) {
-            free(s);
-            return rc;
-        }
-        bm_producer_poll(ag->prod, 100);
-    }
+    int rc = bm_producer_send_wait(ag->prod, topic, BM_PARTITION_ANY, key, keylen, val, vallen,
+                                   h.v, h.n, BM_SEND_SERVE, on_delivery, s);
+    if (rc != BM_OK)
+        free(s);
+    return rc;
 }
 
 static int send_msg(struct bm_agg *ag, const char *topic, const char *key,
@@ -185,6 +190,40 @@ static int to_dlq(struct bm_agg *ag, const struct bm_bus_msg *m, Biomatch__V1__E
 }
 
 /* ----------------------------------------------------------------- emit */
+
+/* How a result Kafka refused for good (j->refused) is sent instead, at most
+ * twice per job: too large -> the same result without candidates,
+ * RESULT_TRUNCATED and the count left out; any other refusal of a reply
+ * topic -> the result on `results` with REPLY_TOPIC_REFUSED naming the
+ * reply topic (the audit record that follows carries that code). Returns 1
+ * with r and *topic adjusted, or 0 when nothing is left to try. */
+static int fallback(struct bm_agg *ag, struct bm_job *j, Biomatch__V1__MatchResult *r,
+                    const char **topic, size_t kept, char *why, size_t whylen)
+{
+    if (j->fallbacks >= 2)
+        return 0;
+    if (j->refused == BM_ERANGE) {
+        r->n_candidates = 0;
+        r->candidates = NULL;
+        r->candidates_left_out = (uint32_t)kept;
+        r->error_code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_RESULT_TRUNCATED;
+        snprintf(why, whylen, "result over the record size limit: %zu candidate(s) left out",
+                 kept);
+        r->error = why;
+    } else if (strcmp(*topic, ag->results) != 0) {
+        snprintf(why, whylen, "reply topic %s refused the result: %s", *topic,
+                 bm_strerror(j->refused));
+        *topic = ag->results;
+        r->error_code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_REPLY_TOPIC_REFUSED;
+        r->error = why;
+    } else {
+        return 0;
+    }
+    j->fallbacks++;
+    bm_log(BM_LOG_WARN, "result refused; sending the fallback", "gallery", r->gallery,
+           "error", why, NULL);
+    return 1;
+}
 
 static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
 {
@@ -307,14 +346,33 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     r.n_attributes = o->n_attributes;
     r.attributes = (Biomatch__V1__MatchResult__AttributesEntry **)o->attributes;
     const char *topic = o->reply_topic && o->reply_topic[0] ? o->reply_topic : ag->results;
+    char why[BM_TOPIC_MAX + 160];
+    if (j->refused != 0 && !fallback(ag, j, &r, &topic, kept, why, sizeof why)) {
+        free(mc);
+        free(cv);
+        free(cp);
+        bm_log(BM_LOG_ERROR, "result refused with no fallback left; job finished without it",
+               "gallery", o->gallery, "error", bm_strerror(j->refused), NULL);
+        bm_jobtable_finish(ag->jobs, j, bm_mono_ms());
+        return BM_OK;
+    }
     int rc = send_msg(ag, topic, j->id, &r.base, o->traceparent, j->id);
     if (rc != BM_OK) {
         free(mc);
         free(cv);
         free(cp);
-        return rc;
+        if (rc == BM_ECLOSED || bm_err_transient(rc))
+            return rc;
+        /* Refused before it was queued (larger than message.max.bytes):
+         * the next tick sends the fallback, as for a refused delivery. */
+        bm_counter_inc(ag->refused);
+        j->state = BM_JOB_SENT;
+        j->refused = rc;
+        return BM_OK;
     }
     j->state = BM_JOB_SENT;
+    j->delivered = 0;
+    j->refused = 0;
 
     /* Audit: who searched what, where the answer went, how it ended, which
      * subjects came back (keyed hashes unless ids may be logged); never
@@ -445,6 +503,10 @@ static int tick(struct bm_agg *ag)
         struct bm_job *next = j->next;
         if (j->state == BM_JOB_SENT && j->delivered) {
             bm_jobtable_finish(ag->jobs, j, mono);
+        } else if (j->state == BM_JOB_SENT && j->refused) {
+            int rc = emit(ag, j, now);
+            if (rc != BM_OK)
+                return rc;
         } else if (j->state == BM_JOB_OPEN) {
             if (j->opened && now >= j->opened->deadline_unix_ms) {
                 int rc = emit(ag, j, now);
@@ -559,6 +621,10 @@ static struct bm_agg *agg_new(struct bm_coord_ctx *ctx, char *err, size_t errlen
         ag->orphans = bm_metrics_counter(ctx->metrics, "biomatch_partials_orphaned_total",
                                          "Jobs dropped because their opened marker never came",
                                          NULL, merr, sizeof merr);
+        const char *refused_labels[] = {"role", "aggregate", NULL};
+        ag->refused = bm_metrics_counter(ctx->metrics, "biomatch_records_refused_total",
+                                         "Records Kafka refused for good (an outcome for that record)",
+                                         refused_labels, merr, sizeof merr);
         ag->inflight = bm_metrics_gauge(ctx->metrics, "biomatch_jobs_in_flight",
                                         "Jobs the aggregator holds open", NULL, merr,
                                         sizeof merr);
@@ -585,6 +651,17 @@ fail:
     return NULL;
 }
 
+/* A per-record permanent refusal (an audit or dlq record Kafka will never
+ * take) is that record's outcome, not the role's end. */
+static int settle(struct bm_agg *ag, int rc)
+{
+    if (rc == BM_OK || rc == BM_ECLOSED || rc == BM_ENOMEM || bm_err_transient(rc))
+        return rc;
+    bm_counter_inc(ag->refused);
+    bm_log(BM_LOG_ERROR, "record refused by Kafka; moving on", "error", bm_strerror(rc), NULL);
+    return BM_OK;
+}
+
 int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
 {
     char err[512] = "";
@@ -600,7 +677,7 @@ int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
         struct bm_bus_msg *m = NULL;
         int prc = bm_consumer_poll(ag->cons, POLL_MS, &m, err, sizeof err);
         if (prc == BM_OK && m) {
-            rc = handle(ag, m);
+            rc = settle(ag, handle(ag, m));
             bm_bus_msg_free(m);
         } else if (prc == BM_EKAFKA && bm_consumer_fatal(ag->cons, err, sizeof err) != BM_OK) {
             rc = BM_EKAFKA;
@@ -608,13 +685,17 @@ int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
         bm_producer_poll(ag->prod, 0);
         int64_t mono = bm_mono_ms();
         if (rc == BM_OK && ag->fatal[0] == '\0' && mono - last_tick >= POLL_MS) {
-            rc = tick(ag);
+            rc = settle(ag, tick(ag));
             last_tick = mono;
         }
         if (rc == BM_OK && ag->fatal[0])
             rc = BM_EKAFKA;
         if (rc == BM_OK && bm_producer_fatal(ag->prod, err, sizeof err) != BM_OK)
             rc = BM_EKAFKA;
+        if (rc == BM_ECLOSED && bm_coord_stopping(ctx)) {
+            rc = BM_OK; /* stopped while waiting out an outage */
+            break;
+        }
         if (rc != BM_OK) {
             bm_log(BM_LOG_ERROR, "aggregate cannot go on", "error",
                    ag->fatal[0] ? ag->fatal : bm_strerror(rc), NULL);

@@ -84,6 +84,7 @@ struct tpoff {
 /* One batch of consumed records and the deliveries that gate its offsets.
  * Delivery callbacks get the batch as their opaque pointer. */
 struct batch {
+    struct enroll *e;  /* the owner (for its metrics) */
     int outstanding;   /* critical sends not yet reported */
     int failed;        /* critical sends failed or refused */
     size_t n;          /* records consumed into the batch */
@@ -113,6 +114,7 @@ struct enroll {
     struct bm_counter *m_accepted;
     struct bm_counter *m_rejected;
     struct bm_counter *m_deleted;
+    struct bm_counter *refused; /* records Kafka refused for good */
     struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
     struct bm_keyring *keyring; /* at-rest keys; NULL: records in the clear */
 };
@@ -178,13 +180,19 @@ static int gallery_lookup(struct enroll *e, const char *name, struct galent **ou
 
 /* ------------------------------------------------------------ delivery */
 
+/* Transient failures never get here (lib/bus re-sends them). A permanent
+ * refusal is that record's outcome (logged, counted); the batch goes on, or
+ * one refused record would be consumed again forever. Only a purge (the
+ * producer is going away) fails the batch. */
 static void on_critical(const struct bm_delivery *d, void *opaque)
 {
     struct batch *b = opaque;
     b->outstanding--;
-    if (d->err != BM_OK) {
+    if (d->err == BM_ECLOSED) {
         b->failed++;
-        BM_LOGF(BM_LOG_ERROR, "enroll: delivery failed", BM_LF_STR("topic", d->topic),
+    } else if (d->err != BM_OK) {
+        bm_counter_inc(b->e->refused);
+        BM_LOGF(BM_LOG_ERROR, "enroll: record refused by Kafka", BM_LF_STR("topic", d->topic),
                 BM_LF_STR("error", d->errstr));
     }
 }
@@ -197,31 +205,29 @@ static void on_best_effort(const struct bm_delivery *d, void *opaque)
                 BM_LF_STR("error", d->errstr));
 }
 
-/* Queue one record, waiting while the local queue is full. 'critical'
- * sends gate the batch's offsets. */
+/* Queue one record, waiting out a full queue or an outage. 'critical'
+ * sends gate the batch's offsets. A permanent refusal is that record's
+ * outcome; stopping (BM_ECLOSED) fails the batch so it is consumed again. */
 static int send(struct enroll *e, const char *topic, int32_t partition, const void *key,
                 size_t keylen, const void *val, size_t vallen,
                 const struct bm_bus_headers *h, int critical)
 {
-    for (int attempt = 0;; attempt++) {
-        int rc = bm_producer_send(e->producer, topic, partition, key, keylen, val, vallen,
-                                  h ? h->v : NULL, h ? h->n : 0,
-                                  critical ? on_critical : on_best_effort,
-                                  critical ? (void *)e->cur : (void *)e);
-        if (rc == BM_OK) {
-            if (critical)
-                e->cur->outstanding++;
-            return BM_OK;
-        }
-        if (rc != BM_ERANGE || attempt > 600) {
-            if (critical)
-                e->cur->failed++;
-            BM_LOGF(BM_LOG_ERROR, "enroll: send refused", BM_LF_STR("topic", topic),
-                    BM_LF_STR("error", bm_strerror(rc)));
-            return rc;
-        }
-        bm_producer_poll(e->producer, 100);
+    int rc = bm_producer_send_wait(e->producer, topic, partition, key, keylen, val, vallen,
+                                   h ? h->v : NULL, h ? h->n : 0, BM_SEND_SERVE,
+                                   critical ? on_critical : on_best_effort,
+                                   critical ? (void *)e->cur : (void *)e);
+    if (rc == BM_OK) {
+        if (critical)
+            e->cur->outstanding++;
+        return BM_OK;
     }
+    if (rc == BM_ECLOSED && critical)
+        e->cur->failed++;
+    if (rc != BM_ECLOSED)
+        bm_counter_inc(e->refused);
+    BM_LOGF(BM_LOG_ERROR, "enroll: send refused", BM_LF_STR("topic", topic),
+            BM_LF_STR("error", bm_strerror(rc)));
+    return rc;
 }
 
 /* ------------------------------------------------------------ audit */
@@ -631,6 +637,7 @@ static void close_consumer(struct enroll *e)
 static void batch_open(struct enroll *e)
 {
     struct batch *b = &e->ring[(e->head + e->nbatch) % ENROLL_INFLIGHT];
+    b->e = e;
     /* A slot forgotten by drain_all() with reports still owed (a delivery
      * slower than ENROLL_ACK_TIMEOUT_MS, or purged later) keeps its count
      * and is born failed: those late reports must not make it look
@@ -819,6 +826,10 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
     e->m_deleted = bm_metrics_counter(ctx->metrics, "biomatch_enroll_deletes_total",
                                       "Accepted enrollment deletes (tombstones produced)",
                                       NULL, err, sizeof err);
+    const char *refused_labels[] = {"role", "enroll", NULL};
+    e->refused = bm_metrics_counter(ctx->metrics, "biomatch_records_refused_total",
+                                    "Records Kafka refused for good (an outcome for that record)",
+                                    refused_labels, err, sizeof err);
     /* Bulk imports: librdkafka 2.0 backs a partition's fetcher off for
      * fetch.error.backoff.ms (500 ms) whenever the local queue is over
      * queued.max.messages.kbytes, which stalled intake for ~0.4 s at a

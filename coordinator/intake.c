@@ -81,6 +81,18 @@ static void count_job(struct bm_intake *in, const char *name, const char *help,
                                       status ? with_status : gallery_only, err, sizeof err));
 }
 
+/* A record Kafka refused for good (too large, no such topic, no access). */
+static void count_refused(struct bm_intake *in)
+{
+    if (in->ctx->metrics == NULL)
+        return;
+    const char *labels[] = {"role", "intake", NULL};
+    char e[128];
+    bm_counter_inc(bm_metrics_counter(in->ctx->metrics, "biomatch_records_refused_total",
+                                      "Records Kafka refused for good (an outcome for that record)",
+                                      labels, e, sizeof e));
+}
+
 /* Only a gallery that exists may become a label value: a client must not be
  * able to mint label values by naming galleries. */
 static const char *label_gallery(const Biomatch__V1__GalleryDefinition *def)
@@ -90,34 +102,37 @@ static const char *label_gallery(const Biomatch__V1__GalleryDefinition *def)
 
 /* ---------------------------------------------------------------- sending */
 
+/* Transient failures never get here (lib/bus re-sends them). A permanent
+ * refusal is an outcome for that record: counted and logged, and the jobs
+ * offset moves on. Only a purge (the producer is going away) holds it. */
 static void on_delivery(const struct bm_delivery *d, void *opaque)
 {
     struct pend *p = opaque;
     p->outstanding--;
-    if (d->err != BM_OK) {
+    if (d->err == BM_ECLOSED) {
         p->failed = 1;
-        snprintf(p->in->fatal, sizeof p->in->fatal, "delivery to %s failed: %s",
-                 d->topic ? d->topic : "?", d->errstr ? d->errstr : "?");
+        snprintf(p->in->fatal, sizeof p->in->fatal, "delivery to %s purged",
+                 d->topic ? d->topic : "?");
+    } else if (d->err != BM_OK) {
+        count_refused(p->in);
+        bm_log(BM_LOG_ERROR, "record refused by Kafka", "topic", d->topic ? d->topic : "?",
+               "error", d->errstr ? d->errstr : "?", NULL);
     }
 }
 
-/* Queue one record on behalf of the current jobs record, waiting for room
- * when librdkafka's queue is full. Returns BM_OK or the send error. */
+/* Queue one record on behalf of the current jobs record, waiting out a
+ * full queue or an outage. Returns BM_OK, a per-record permanent error
+ * (an outcome for the caller) or BM_ECLOSED (stopping). */
 static int send_rec(struct bm_intake *in, const char *topic, int32_t partition,
                     const void *key, size_t keylen, const void *val, size_t vallen,
                     const struct bm_bus_headers *h)
 {
-    for (int attempt = 0;; attempt++) {
-        int rc = bm_producer_send(in->prod, topic, partition, key, keylen, val, vallen,
-                                  h ? h->v : NULL, h ? h->n : 0, on_delivery, in->cur);
-        if (rc == BM_OK) {
-            in->cur->outstanding++;
-            return BM_OK;
-        }
-        if (rc != BM_ERANGE || attempt >= 100)
-            return rc;
-        bm_producer_poll(in->prod, POLL_MS);
-    }
+    int rc = bm_producer_send_wait(in->prod, topic, partition, key, keylen, val, vallen,
+                                   h ? h->v : NULL, h ? h->n : 0, BM_SEND_SERVE, on_delivery,
+                                   in->cur);
+    if (rc == BM_OK)
+        in->cur->outstanding++;
+    return rc;
 }
 
 static int send_msg(struct bm_intake *in, const char *topic, int32_t partition,
@@ -363,7 +378,7 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
         rc = bm_galcache_get(in->cache, job->gallery, mono, &def, err, sizeof err);
         if (rc != BM_OK && rc != BM_ENOTFOUND) {
             bm_wire_free_job(job);
-            return rc; /* Redis is down: fail the role, replay later */
+            return rc; /* Redis is down: the caller waits and retries */
         }
     }
     Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
@@ -579,18 +594,34 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
                 in->head = p;
             in->tail = p;
             in->cur = p;
-            int hrc = handle(in, m);
+            /* A transient failure (Redis down during a cache miss, say) is
+             * waited out by handling the record again; what it already
+             * produced is produced again, which downstream dedups. */
+            int hrc, waiting = 0;
+            for (int attempt = 0;; attempt++) {
+                hrc = handle(in, m);
+                if (!bm_err_transient(hrc) ||
+                    !bm_coord_wait(in->ctx, &waiting, attempt, hrc, "intake: handling a job"))
+                    break;
+            }
+            bm_coord_wait_end(in->ctx, &waiting);
             in->cur = NULL;
             bm_bus_msg_free(m);
+            if (hrc != BM_OK && hrc != BM_ECLOSED && !bm_err_transient(hrc)) {
+                /* Refused for good: an outcome for this record only. */
+                count_refused(in);
+                bm_log(BM_LOG_ERROR, "job record refused downstream; moving on", "error",
+                       bm_strerror(hrc), NULL);
+                hrc = BM_OK;
+            }
             if (hrc != BM_OK) {
-                /* The record was not handled: mark it so neither drain()
-                 * nor the close's commit moves the offset past it, and a
-                 * restart replays it. */
+                /* Stopping (or stopped while waiting): mark the record so
+                 * neither drain() nor the close's commit moves the offset
+                 * past it, and a restart replays it. */
                 p->failed = 1;
                 snprintf(in->fatal, sizeof in->fatal, "handling a job failed: %s",
                          bm_strerror(hrc));
-                bm_log(BM_LOG_ERROR, "intake cannot go on", "error", bm_strerror(hrc), NULL);
-                rc = hrc;
+                rc = bm_coord_stopping(in->ctx) ? BM_OK : hrc;
                 break;
             }
         } else if (prc == BM_EKAFKA) {

@@ -35,6 +35,9 @@ struct bm_job {
     Biomatch__V1__PartialResult **shards; /* owned, shard_count entries, NULL = missing */
     uint32_t answered;                 /* non-NULL entries of shards */
     int delivered;                     /* SENT: the result's delivery report was positive */
+    int refused;                       /* SENT: enum bm_err of a permanent refusal of the
+                                        * result (0 = none): emit its fallback */
+    int fallbacks;                     /* fallbacks emitted so far (bounded) */
     struct bm_job *next, *prev;        /* list: open jobs, or done jobs oldest first */
     struct bm_job *hnext;              /* hash chain */
 };

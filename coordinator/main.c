@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "conf/args.h"
 #include "conf/conf.h"
 #include "obs/http.h"
@@ -82,12 +83,6 @@ static void usage(FILE *f)
             "Roles (coordinator.roles): intake, aggregate, gallery.\n");
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 int main(int argc, char **argv)
 {
     struct bm_args args;
@@ -148,6 +143,7 @@ int main(int argc, char **argv)
         }
         BM_LOGF(BM_LOG_INFO, "health endpoint listening", BM_LF_INT("port", bm_http_port(ctx.http)));
     }
+    bm_outage_init(&ctx.outage, ctx.http, ctx.metrics, "coordinator");
 
     struct role_thread threads[NROLES];
     memset(threads, 0, sizeof threads);
@@ -197,7 +193,7 @@ int main(int argc, char **argv)
         }
         if (ctx.http != NULL)
             bm_http_heartbeat(ctx.http);
-        sleep_ms(100);
+        bm_sleep_ms(100);
     }
     atomic_store(&ctx.stop, 1);
     if (ctx.http != NULL)

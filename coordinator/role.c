@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "conf/conf.h"
 #include "store/redis.h"
 #include "store/redis_conf.h"
@@ -35,6 +36,9 @@ int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *
     out->topic_min_insync = c->topics.min_insync_replicas;
     out->props = p;
     out->nprops = n;
+    out->on_wait = bm_outage_report;
+    out->wait_opaque = (void *)&ctx->outage;
+    out->stop = &ctx->stop;
     *props = p;
     return BM_OK;
 }
@@ -79,4 +83,32 @@ Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
         return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
     return v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
                                         : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
+}
+
+int bm_coord_wait(struct bm_coord_ctx *ctx, int *waiting, int attempt, int err,
+                  const char *why)
+{
+    if (bm_coord_stopping(ctx))
+        return 0;
+    if (!*waiting) {
+        *waiting = 1;
+        bm_outage_report(&ctx->outage, 1, err, why);
+    }
+    int64_t ms = 50;
+    for (int i = 0; i < attempt && ms < 2000; i++)
+        ms *= 2;
+    if (ms > 2000)
+        ms = 2000;
+    /* Sleep in slices so a stop is seen quickly. */
+    for (int64_t slept = 0; slept < ms && !bm_coord_stopping(ctx); slept += 50)
+        bm_sleep_ms(50);
+    return !bm_coord_stopping(ctx);
+}
+
+void bm_coord_wait_end(struct bm_coord_ctx *ctx, int *waiting)
+{
+    if (*waiting) {
+        *waiting = 0;
+        bm_outage_report(&ctx->outage, 0, BM_OK, "");
+    }
 }

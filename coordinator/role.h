@@ -22,6 +22,7 @@
 #include "bus/bus.h"
 #include "common/err.h"
 #include "conf/policy.h"
+#include "obs/outage.h"
 
 struct bm_conf;
 struct bm_metrics;
@@ -33,6 +34,9 @@ struct bm_coord_ctx {
     struct bm_metrics *metrics;   /* registry shared by all roles; thread-safe */
     struct bm_http *http;         /* health endpoint, NULL when disabled */
     atomic_int stop;              /* set to 1 by main on SIGTERM/SIGINT */
+    struct bm_outage outage;      /* readiness and metrics while a role waits
+                                   * out a Kafka or Redis outage; a zeroed one
+                                   * (tests) only logs */
 };
 
 /* A role's entry point; see the contract above. */
@@ -47,7 +51,8 @@ int bm_role_gallery_run(struct bm_coord_ctx *ctx);
 /* Kafka settings of ctx->conf as a bm_bus_conf: brokers, node id as
  * client id, topics.* for the topics an admin handle creates, the conf's
  * kafka: map as props, preceded by 'extra' (nextra
- * entries; the operator's kafka: map is applied after them, so it wins).
+ * entries; the operator's kafka: map is applied after them, so it wins);
+ * producers report waits to ctx->outage and stop waiting on ctx->stop.
  * On BM_OK *props is a malloc'd array the caller frees with free() after
  * the last handle was built from 'out' (strings are borrowed from the
  * conf and 'extra'). BM_ENOMEM otherwise. */
@@ -61,6 +66,15 @@ struct bm_redis *bm_coord_redis(const struct bm_coord_ctx *ctx, char *err, size_
 
 /* 1 once ctx->stop is set. */
 int bm_coord_stopping(const struct bm_coord_ctx *ctx);
+
+/* Wait out a transient error (bm_err_transient) of a role's step: sleep
+ * 'attempt'-scaled back-off (50 ms doubling to 2 s) while ctx->outage
+ * shows the wait. Returns 1 to try again, 0 once ctx->stop is set.
+ * Call bm_coord_wait_end after the step succeeded or gave up if any wait
+ * was begun (*waiting != 0). Thread: the role's thread. */
+int bm_coord_wait(struct bm_coord_ctx *ctx, int *waiting, int attempt, int err,
+                  const char *why);
+void bm_coord_wait_end(struct bm_coord_ctx *ctx, int *waiting);
 
 
 /* Authorise a record that passed validation under 'policy' (NULL: allow

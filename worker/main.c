@@ -192,6 +192,16 @@ static int setup(struct wk *w, char *err, size_t errlen)
 
 static int start_clients(struct wk *w, char *err, size_t errlen)
 {
+    /* The producer tells readiness and metrics when it waits out an outage;
+     * this thread is the poll thread (publish.c decides how to wait by it). */
+    bm_outage_init(&w->outage, w->http, w->metrics, "worker");
+    w->busconf.on_wait = bm_outage_report;
+    w->busconf.wait_opaque = &w->outage;
+    w->poller = pthread_self();
+    const char *rl[] = {"role", "worker", NULL};
+    w->refused = bm_metrics_counter(w->metrics, "biomatch_records_refused_total",
+                                    "Records Kafka refused for good (an outcome for that record)",
+                                    rl, err, errlen);
     w->producer = bm_producer_new(&w->busconf, err, errlen);
     if (w->producer == NULL)
         return BM_EKAFKA;

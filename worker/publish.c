@@ -12,7 +12,6 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdio.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,8 +82,9 @@ static int copy_headers(struct wk_entry *e, const struct bm_bus_msg *m)
 
 static void on_delivery(const struct bm_delivery *d, void *opaque);
 
-/* Send the answer held by 'e'. Retries a full local queue for a while: the
- * poll thread drains it, so only a stuck broker makes this give up. */
+/* Send the answer held by 'e', waiting out a full queue or an outage: on
+ * the poll thread by serving delivery reports (they are what frees the
+ * queue), on the scoring thread by sleeping while the poll thread does. */
 static int send_entry(struct wk *w, struct wk_entry *e)
 {
     struct bm_bus_headers h;
@@ -101,22 +101,23 @@ static int send_entry(struct wk *w, struct wk_entry *e)
         if (e->traceparent[0] != '\0')
             bm_bus_headers_add_str(&h, BM_HDR_TRACEPARENT, e->traceparent);
     }
-    int rc = BM_ERANGE;
-    for (int attempt = 0; attempt < 2000; attempt++) {
-        rc = bm_producer_send(w->producer, e->dest, BM_PARTITION_ANY, e->key, e->keylen,
-                              e->value, e->valuelen, h.v, h.n, on_delivery, e);
-        if (rc != BM_ERANGE || e->valuelen > (size_t)1 << 20)
-            break;
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (rc != BM_OK) {
-        /* The entry stays undone, so no later offset of its partition is
-         * stored; the main loop sees 'stuck' and exits, and the task is
+    int flags = pthread_equal(pthread_self(), w->poller) ? BM_SEND_SERVE : 0;
+    int rc = bm_producer_send_wait(w->producer, e->dest, BM_PARTITION_ANY, e->key, e->keylen,
+                                   e->value, e->valuelen, h.v, h.n, flags, on_delivery, e);
+    if (rc == BM_ECLOSED && bm_producer_fatal(w->producer, NULL, 0) != BM_OK) {
+        /* The producer is gone for good: restart, and the task is
          * redelivered to whoever owns the partition next. */
         BM_LOGF(BM_LOG_ERROR, "cannot send answer; restarting so the task is redelivered",
                 BM_LF_STR("topic", e->dest), BM_LF_STR("error", bm_strerror(rc)));
         atomic_store(&w->stuck, 1);
+    } else if (rc != BM_OK && rc != BM_ECLOSED) {
+        /* Refused for good before it was queued (answers are bounded to
+         * fit, so this is a missing or forbidden topic): the entry stays
+         * undone, its partition's offsets stop here and the task is
+         * redelivered after a rebalance; the process goes on. */
+        bm_counter_inc(w->refused);
+        BM_LOGF(BM_LOG_ERROR, "answer refused by Kafka", BM_LF_STR("topic", e->dest),
+                BM_LF_STR("error", bm_strerror(rc)));
     }
     return rc;
 }
@@ -129,13 +130,14 @@ static void on_delivery(const struct bm_delivery *d, void *opaque)
     if (d->err == BM_ECLOSED)
         return; /* shutting down: the entry is freed with its partition */
     if (d->err != BM_OK) {
-        BM_LOGF(BM_LOG_WARN, "answer delivery failed; resending",
+        /* Transient failures never get here (lib/bus re-sends them). A
+         * permanent refusal is this task's outcome: counted and logged,
+         * and the offset moves on (the aggregator sees the shard missing:
+         * PARTIAL). Nothing here may block: this is the poll thread. */
+        bm_counter_inc(w->refused);
+        BM_LOGF(BM_LOG_ERROR, "answer refused by Kafka; task answered without it",
                 BM_LF_STR("topic", e->dest), BM_LF_STR("error", d->errstr));
-        if (send_entry(w, e) == BM_OK)
-            return;
-        return; /* left undone: the prefix stops here and a restart redelivers */
-    }
-    if (e->submitted_unix_ms > 0) {
+    } else if (e->submitted_unix_ms > 0) {
         int64_t now = bm_wall_ms();
         if (now >= e->submitted_unix_ms)
             bm_histogram_observe(p->g->e2e_seconds, (double)(now - e->submitted_unix_ms) / 1000.0);

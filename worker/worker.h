@@ -32,6 +32,7 @@
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "match/gallery.h"
+#include "obs/outage.h"
 #include "wire/job.h"
 
 #define WK_VERSION "0.1.0"
@@ -144,6 +145,9 @@ struct wk {
     struct wk_gallery *gal;
     size_t ngal;
     struct bm_bus_conf busconf;
+    struct bm_outage outage;       /* readiness and metrics while waiting out an outage */
+    pthread_t poller;              /* the poll thread (serves delivery reports) */
+    struct bm_counter *refused;    /* answers Kafka refused for good */
     struct bm_bus_prop *props;
     struct bm_producer *producer;
     struct bm_pool *pool;

@@ -499,14 +499,8 @@ int rp_engine_step(struct rp_engine *e, const struct rp_step_spec *s, struct rp_
                 res->late_sends++;
         }
         pthread_mutex_unlock(&e->mu);
-        int src;
-        for (int tries = 0;; tries++) {
-            src = bm_producer_send(e->prod, e->o.jobs_topic, BM_PARTITION_ANY, key, keylen, val,
-                                   len, h, r->nheaders, on_delivery, op);
-            if (src != BM_ERANGE || tries > 1000)
-                break;
-            bm_producer_poll(e->prod, 1); /* local queue full: let it drain */
-        }
+        int src = bm_producer_send_wait(e->prod, e->o.jobs_topic, BM_PARTITION_ANY, key, keylen,
+                                        val, len, h, r->nheaders, BM_SEND_SERVE, on_delivery, op);
         free(buf);
         if (src != BM_OK) {
             free(op);

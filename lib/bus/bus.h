@@ -21,6 +21,7 @@
 #ifndef BM_BUS_H
 #define BM_BUS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,6 +55,17 @@ struct bm_bus_prop {
 typedef void (*bm_bus_log_fn)(void *opaque, int level, const char *fac,
                               const char *msg);
 
+/* A producer started (waiting = 1) or stopped (0) waiting out a transient
+ * error: its records are held up by a full queue, a broker outage or
+ * re-sends after a transient delivery failure. 'err' is the enum bm_err
+ * that started the wait and 'why' says where (only meaningful when
+ * waiting = 1). Called on every transition, in order, from whichever bus
+ * thread saw it (the polling thread or a thread in bm_producer_send_wait),
+ * under the producer's lock: it must be thread-safe, quick, and must not
+ * call back into the bus. Applications turn /readyz false and raise a
+ * gauge with it. */
+typedef void (*bm_bus_wait_fn)(void *opaque, int waiting, int err, const char *why);
+
 /* What every producer, consumer and admin handle is built from. All strings
  * are borrowed: they are copied into librdkafka's configuration by the
  * constructor and need not outlive it. */
@@ -68,6 +80,11 @@ struct bm_bus_conf {
      * spec leaves it to the cluster (topics.* in the configuration). */
     int topic_replication;           /* 0 = the broker's default.replication.factor */
     int topic_min_insync;            /* 0 = the broker's min.insync.replicas */
+    bm_bus_wait_fn on_wait;          /* producers: NULL = nobody is told */
+    void *wait_opaque;
+    const atomic_int *stop;          /* producers: bm_producer_send_wait gives
+                                      * up (BM_ECLOSED) once *stop != 0; NULL =
+                                      * never. Must outlive the producer. */
 };
 
 /* A message header. 'value' may be NULL (a null header, len 0). In a
@@ -116,7 +133,13 @@ struct bm_producer;
 
 /* The outcome of one send, valid only during the callback. */
 struct bm_delivery {
-    int err;              /* BM_OK, BM_EKAFKA (broker or timeout) or BM_ECLOSED (purged by free) */
+    int err;              /* BM_OK, a per-record permanent error (BM_ERANGE too
+                           * large, BM_ENOTFOUND unknown topic or partition,
+                           * BM_EDENIED no write access, BM_EINVAL invalid topic
+                           * or record, BM_EPROTO corrupt), BM_ENOMEM (a
+                           * transient failure could not be kept for re-send)
+                           * or BM_ECLOSED (purged by free). Transient failures
+                           * never reach the callback: they are re-sent. */
     const char *errstr;   /* "" on success */
     const char *topic;
     int32_t partition;
@@ -128,7 +151,16 @@ struct bm_delivery {
 typedef void (*bm_delivery_fn)(const struct bm_delivery *d, void *opaque);
 
 /* Create an idempotent producer. Defaults (overridable through conf->props):
- * enable.idempotence=true, acks=all, compression.type=lz4, linger.ms=5.
+ * enable.idempotence=true, acks=all, compression.type=lz4, linger.ms=5,
+ * message.timeout.ms=2147483647 (librdkafka's maximum, ~24.8 days: it does
+ * not give up on a record during any realistic outage; docs/config.md).
+ *
+ * A producer never gives up on a transient error: a delivery that failed
+ * for a transient reason (bm_err_transient: a timed-out record when an
+ * operator set a finite message.timeout.ms, not enough replicas, no
+ * leader) is kept and re-sent from bm_producer_poll/flush with a back-off
+ * (100 ms doubling to 5 s), and its callback runs only with the final
+ * outcome. conf->on_wait hears when the producer starts and stops waiting.
  * Returns the producer (owned by the caller, release with bm_producer_free)
  * or NULL with a message in err (nothing to release). Thread: any. */
 struct bm_producer *bm_producer_new(const struct bm_bus_conf *conf, char *err,
@@ -139,15 +171,39 @@ struct bm_producer *bm_producer_new(const struct bm_bus_conf *conf, char *err,
  * NULL; otherwise it is called exactly once with 'opaque' when the message is
  * delivered or has failed for good (see bm_delivery_fn for the thread).
  *
- * Returns BM_OK, BM_ERANGE (local queue full: poll and retry, or message too
- * large), BM_ENOTFOUND (unknown topic or partition), BM_ECLOSED (the
- * producer hit a fatal error, see bm_producer_fatal) or BM_EKAFKA. On any
- * error nothing was queued and 'cb' will never be called.
+ * Returns BM_OK; a transient refusal: BM_EFULL (local queue full: poll and
+ * retry), BM_ETIMEDOUT, BM_EUNAVAIL, BM_EKAFKA; a per-record permanent one:
+ * BM_ERANGE (larger than message.max.bytes), BM_ENOTFOUND (unknown topic or
+ * partition), BM_EINVAL; or BM_ECLOSED (the producer hit a fatal error, see
+ * bm_producer_fatal). bm_producer_send_wait does the waiting. On any error
+ * nothing was queued and 'cb' will never be called.
  * Thread: any (librdkafka's produce call is thread-safe). */
 int bm_producer_send(struct bm_producer *p, const char *topic, int32_t partition,
                      const void *key, size_t keylen, const void *value,
                      size_t valuelen, const struct bm_bus_header *headers,
                      size_t nheaders, bm_delivery_fn cb, void *opaque);
+
+/* Flags of bm_producer_send_wait. */
+#define BM_SEND_SERVE 1 /* serve delivery reports while waiting (the caller
+                         * is the producer's polling thread); without it the
+                         * caller sleeps while another thread polls */
+
+/* bm_producer_send that waits out transient refusals for as long as it
+ * takes: a full local queue (BM_EFULL), a timeout or an unreachable broker
+ * make it back off (1 ms doubling to 100 ms) and try again, telling
+ * conf->on_wait while it does. Same arguments, ownership and callback
+ * contract as bm_producer_send.
+ *
+ * Returns BM_OK (queued; 'cb' will report the final outcome), a per-record
+ * permanent error (BM_ERANGE, BM_ENOTFOUND, BM_EDENIED, BM_EINVAL, BM_EPROTO:
+ * this record can never be sent as it is; nothing queued, 'cb' never
+ * called), or BM_ECLOSED (the producer hit a fatal error, or conf->stop was
+ * set while waiting; nothing queued). Thread: with BM_SEND_SERVE only the
+ * polling thread; without it any thread other than the polling one. */
+int bm_producer_send_wait(struct bm_producer *p, const char *topic, int32_t partition,
+                          const void *key, size_t keylen, const void *value,
+                          size_t valuelen, const struct bm_bus_header *headers,
+                          size_t nheaders, int flags, bm_delivery_fn cb, void *opaque);
 
 /* Serve delivery reports and error events for up to 'timeout_ms' (0 = do not
  * wait). Returns the number of events served. Callbacks run on this thread.
@@ -159,7 +215,8 @@ int bm_producer_poll(struct bm_producer *p, int timeout_ms);
  * (messages still outstanding). Thread: as bm_producer_poll. */
 int bm_producer_flush(struct bm_producer *p, int timeout_ms);
 
-/* Messages queued and not yet reported. Thread: any. */
+/* Messages queued and not yet reported (re-sends waiting for their
+ * back-off included). Thread: any. */
 int bm_producer_outstanding(const struct bm_producer *p);
 
 /* BM_OK while the producer is healthy. After librdkafka raised a fatal

@@ -35,3 +35,12 @@ int64_t bm_wall_ms(void)
     struct timespec ts = now(CLOCK_REALTIME);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+void bm_sleep_ms(int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) != 0)
+        ; /* EINTR: sleep the rest */
+}

@@ -15,4 +15,7 @@ double bm_mono_s(void);
 /* Wall-clock milliseconds since the Unix epoch. */
 int64_t bm_wall_ms(void);
 
+/* Sleep 'ms' milliseconds on the monotonic clock (<= 0: return at once). */
+void bm_sleep_ms(int64_t ms);
+
 #endif /* BM_CLOCK_H */

@@ -22,8 +22,26 @@ const char *bm_strerror(int err)
     case BM_EREDIS: return "Redis error";
     case BM_ECLOSED: return "closed";
     case BM_EUNSUPPORTED: return "unsupported";
+    case BM_EFULL: return "queue full";
+    case BM_EUNAVAIL: return "unavailable";
+    case BM_EDENIED: return "access denied";
     }
     return "unknown error";
+}
+
+int bm_err_transient(int err)
+{
+    switch (err) {
+    case BM_EFULL:
+    case BM_EUNAVAIL:
+    case BM_ETIMEDOUT:
+    case BM_EIO:
+    case BM_ENOMEM:
+    case BM_EKAFKA:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 int bm_seterr(char *buf, size_t len, int err, const char *fmt, ...)

@@ -27,8 +27,10 @@ struct bm_http {
     int64_t max_age_ms;
     atomic_int_fast64_t heartbeat_ms; /* CLOCK_MONOTONIC ms of the last beat */
     atomic_bool ready;
-    pthread_mutex_t reason_lock;  /* guards 'reason' */
+    atomic_int waiting;           /* parts waiting out an outage (bm_http_waiting) */
+    pthread_mutex_t reason_lock;  /* guards 'reason' and 'wait_reason' */
     char reason[256];
+    char wait_reason[256];
 };
 
 /* Queue a response whose body is a malloc'd buffer MHD takes over. */
@@ -103,11 +105,12 @@ answer:
         return reply_text(conn, MHD_HTTP_OK, "ok\n");
     }
     if (strcmp(url, "/readyz") == 0) {
-        if (atomic_load(&h->ready))
+        int waiting = atomic_load(&h->waiting) > 0;
+        if (atomic_load(&h->ready) && !waiting)
             return reply_text(conn, MHD_HTTP_OK, "ready\n");
         char msg[300];
         pthread_mutex_lock(&h->reason_lock);
-        snprintf(msg, sizeof msg, "not ready: %s\n", h->reason);
+        snprintf(msg, sizeof msg, "not ready: %s\n", waiting ? h->wait_reason : h->reason);
         pthread_mutex_unlock(&h->reason_lock);
         return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
     }
@@ -147,6 +150,7 @@ struct bm_http *bm_http_start(const struct bm_http_opts *opts, char *err, size_t
     h->max_age_ms = opts->max_heartbeat_age_ms;
     atomic_init(&h->heartbeat_ms, bm_mono_ms());
     atomic_init(&h->ready, false);
+    atomic_init(&h->waiting, 0);
     pthread_mutex_init(&h->reason_lock, NULL);
     snprintf(h->reason, sizeof h->reason, "starting");
 
@@ -197,6 +201,18 @@ void bm_http_set_ready(struct bm_http *h, bool ready, const char *reason)
     snprintf(h->reason, sizeof h->reason, "%s", reason != NULL ? reason : "not ready");
     pthread_mutex_unlock(&h->reason_lock);
     atomic_store(&h->ready, ready);
+}
+
+void bm_http_waiting(struct bm_http *h, int delta, const char *reason)
+{
+    if (h == NULL)
+        return;
+    if (delta > 0 && reason != NULL) {
+        pthread_mutex_lock(&h->reason_lock);
+        snprintf(h->wait_reason, sizeof h->wait_reason, "%s", reason);
+        pthread_mutex_unlock(&h->reason_lock);
+    }
+    atomic_fetch_add(&h->waiting, delta);
 }
 
 void bm_http_stop(struct bm_http *h)

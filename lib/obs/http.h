@@ -48,6 +48,13 @@ void bm_http_heartbeat(struct bm_http *h);
  * 503 body when not ready; NULL means "not ready". */
 void bm_http_set_ready(struct bm_http *h, bool ready, const char *reason);
 
+/* One more (delta +1) or one fewer (-1) part of the application is
+ * waiting out an outage (a producer held up by a broker outage, a Redis
+ * call retrying). While any is, /readyz answers 503 with the latest
+ * 'reason' (copied) whatever bm_http_set_ready said; the count never
+ * changes the application's own readiness. NULL 'h' is fine. */
+void bm_http_waiting(struct bm_http *h, int delta, const char *reason);
+
 /* Stop the server, waiting for in-flight requests, and free it. Accepts
  * NULL. */
 void bm_http_stop(struct bm_http *h);

@@ -109,13 +109,9 @@ static long mock_backlog(struct bm_mock_cluster *m, const char *topic, long byte
         }
         char key[32];
         snprintf(key, sizeof key, "k%ld", i);
-        int rc;
-        int tries = 0;
-        while ((rc = bm_producer_send(p, topic, 0, key, strlen(key), val, sizeof val, NULL, 0,
-                                      mock_delivery, &failed)) == BM_ERANGE &&
-               tries++ < 1000)
-            bm_producer_poll(p, 20);
-        assert_int_equal(rc, BM_OK);
+        assert_int_equal(bm_producer_send_wait(p, topic, 0, key, strlen(key), val, sizeof val,
+                                               NULL, 0, BM_SEND_SERVE, mock_delivery, &failed),
+                         BM_OK);
     }
     assert_int_equal(bm_producer_flush(p, 30000), BM_OK);
     assert_int_equal(failed, 0);

@@ -221,15 +221,10 @@ static void on_delivery(const struct bm_delivery *d, void *opaque)
 static void send_rec(const char *topic, const char *key, const void *val, size_t len,
                      const struct bm_bus_headers *h)
 {
-    for (int i = 0; i < 2000; i++) {
-        int rc = bm_producer_send(producer, topic, BM_PARTITION_ANY, key, strlen(key), val, len,
-                                  h ? h->v : NULL, h ? h->n : 0, on_delivery, NULL);
-        if (rc == BM_OK)
-            return;
-        assert_int_equal(rc, BM_ERANGE);
-        bm_producer_poll(producer, 20);
-    }
-    fail_msg("producer queue stayed full");
+    assert_int_equal(bm_producer_send_wait(producer, topic, BM_PARTITION_ANY, key, strlen(key),
+                                           val, len, h ? h->v : NULL, h ? h->n : 0,
+                                           BM_SEND_SERVE, on_delivery, NULL),
+                     BM_OK);
 }
 
 /* ------------------------------------------------------------ processes */
