@@ -32,6 +32,7 @@
 #include "bus/bus.h"
 #include "cli.h"
 #include "common/clock.h"
+#include "conf/policy.h"
 #include "conf/topics.h"
 #include "matchjob.h"
 #include "store/manifest.h"
@@ -259,7 +260,8 @@ static void on_enroll_delivery(const struct bm_delivery *dl, void *opaque)
 /* Produce subjects [from, to) of both galleries (faces first, then
  * irises) to the enroll topic and wait for their delivery. */
 static int enroll(struct bm_producer *p, const char *topic, const struct data *d, uint64_t from,
-                  uint64_t to, volatile sig_atomic_t *stop)
+                  uint64_t to, const char *tag, const struct bm_signer *signer,
+                  volatile sig_atomic_t *stop)
 {
     struct dstats st = { 0 };
     char ct[128];
@@ -296,16 +298,29 @@ static int enroll(struct bm_producer *p, const char *topic, const struct data *d
             cli_template_iris(&t, &ic, &ig, IRIS_F, IRIS_R, IRIS_C, IRIS_B, c, c + IRIS_BYTES,
                               IRIS_BYTES);
         }
-        snprintf(reqid, sizeof reqid, "demo-%llu", (unsigned long long)i);
+        /* Request ids are unique per run: the coordinator refuses an id
+         * its agency used within the replay window (docs/security.md). */
+        snprintf(reqid, sizeof reqid, "demo-%s-%llu", tag, (unsigned long long)i);
         req.request_id = reqid;
-        req.agency = (char *)"demo";
+        req.agency = (char *)CLI_UP_DEMO_AGENCY;
         req.op = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT;
         req.subject_id = subject;
         req.template_ = &t;
         req.submitted_unix_ms = now;
         size_t len = biomatch__v1__enroll_request__pack(&req, buf);
+        struct bm_bus_headers hs = h;
+        char sig[BM_POLICY_SIG_MAX], err[256];
+        struct bm_sig_record sr = {biomatch__v1__enroll_request__descriptor.name,
+                                   topic, subject, strlen(subject), buf, len, req.agency,
+                                   reqid};
+        if (bm_signer_sign_record(signer, &sr, bm_wall_ms(), sig, sizeof sig, err,
+                                  sizeof err) != BM_OK) {
+            fprintf(stderr, "demo: sign %s: %s\n", reqid, err);
+            return -1;
+        }
+        bm_bus_headers_add_str(&hs, BM_POLICY_SIG_HEADER, sig);
         int rc = bm_producer_send_wait(p, topic, BM_PARTITION_ANY, subject, strlen(subject), buf,
-                                       len, h.v, h.n, BM_SEND_SERVE, on_enroll_delivery, &st);
+                                       len, hs.v, hs.n, BM_SEND_SERVE, on_enroll_delivery, &st);
         if (rc != BM_OK) {
             fprintf(stderr, "demo: enroll %s: %s\n", subject, bm_strerror(rc));
             return -1;
@@ -417,6 +432,7 @@ struct run {
     struct bm_producer *p;
     const char *jobs_topic;
     const struct data *d;
+    const struct bm_signer *signer;
 };
 
 static void on_job_delivery(const struct bm_delivery *dl, void *opaque)
@@ -446,7 +462,7 @@ static int send_job(struct run *run, const char *id, int iris, uint32_t probe, s
     char trace[CLI_TRACEPARENT_LEN];
     cli_traceparent(trace);
     job.job_id = (char *)id;
-    job.agency = (char *)"demo";
+    job.agency = (char *)CLI_UP_DEMO_AGENCY;
     job.gallery = (char *)(iris ? CLI_UP_IRIS : CLI_UP_FACE);
     job.mode = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
     job.probes = &tp;
@@ -459,8 +475,8 @@ static int send_job(struct run *run, const char *id, int iris, uint32_t probe, s
     track->iris = iris;
     track->probe = probe;
     track->sent_ms = bm_mono_ms();
-    return cli_job_send(run->p, run->jobs_topic, &job, trace, on_job_delivery, track, err,
-                        errlen);
+    return cli_job_send_signed(run->p, run->jobs_topic, &job, trace, run->signer,
+                               on_job_delivery, track, err, errlen);
 }
 
 /* Read results for up to 'wait_ms' and file the ones that are ours.
@@ -657,7 +673,11 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
     bc.bootstrap_servers = env->brokers;
     bc.client_id = "biomatch-demo";
     run.d = &d;
+    uint8_t tagb[4];
+    cli_random(tagb, sizeof tagb);
+    snprintf(run.tag, sizeof run.tag, "%02x%02x%02x%02x", tagb[0], tagb[1], tagb[2], tagb[3]);
     run.jobs_topic = jobs_topic;
+    run.signer = env->signer;
     run.p = bm_producer_new(&bc, err, sizeof err);
     if (run.p == NULL) {
         fprintf(stderr, "demo: producer: %s\n", err);
@@ -675,7 +695,7 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
             to = from + chunk_subjects(env->iris_shards, 2 * IRIS_BYTES);
             to = to < total ? to : total;
         }
-        if (enroll(run.p, enroll_topic, &d, from, to, env->stop) != 0 ||
+        if (enroll(run.p, enroll_topic, &d, from, to, run.tag, env->signer, env->stop) != 0 ||
             wait_sealed(env, to < d.nf ? (int64_t)to : d.nf,
                         to > d.nf ? (int64_t)(to - d.nf) : 0) != 0)
             goto out;
@@ -690,9 +710,6 @@ int cli_demo_run(const struct cli_up_env *env, const struct cli_demo_opts *o)
         fprintf(stderr, "demo: results: %s\n", err);
         goto out;
     }
-    uint8_t tagb[4];
-    cli_random(tagb, sizeof tagb);
-    snprintf(run.tag, sizeof run.tag, "%02x%02x%02x%02x", tagb[0], tagb[1], tagb[2], tagb[3]);
     if (warm_up(env, &run) != 0)
         goto out;
     int64_t t_jobs = bm_mono_ms();

@@ -308,11 +308,15 @@ int cli_enroll(int argc, char **argv)
             packcap = need;
         }
         size_t plen = biomatch__v1__enroll_request__pack(&req, pack);
-        /* The signature covers exactly the bytes sent (docs/wire.md). */
+        /* The signature covers the record exactly as sent (docs/wire.md). */
         struct bm_bus_headers h = hdrs;
         char sig[BM_POLICY_SIG_MAX];
         if (signer != NULL) {
-            if (bm_signer_sign(signer, pack, plen, sig, sizeof sig, err, sizeof err) != BM_OK) {
+            struct bm_sig_record sr = {biomatch__v1__enroll_request__descriptor.name,
+                                       topic, subject, lens[i], pack, plen, req.agency,
+                                       req.request_id};
+            if (bm_signer_sign_record(signer, &sr, bm_wall_ms(), sig, sizeof sig, err,
+                                      sizeof err) != BM_OK) {
                 fprintf(stderr, "biomatch: sign %s: %s\n", reqid, err);
                 break;
             }

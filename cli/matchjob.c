@@ -135,8 +135,11 @@ int cli_job_send_signed(struct bm_producer *p, const char *topic,
         bm_bus_headers_add_str(&h, BM_HDR_TRACEPARENT, traceparent);
     char sig[BM_POLICY_SIG_MAX];
     if (signer != NULL) {
-        /* Over exactly the bytes produced (docs/wire.md "Signatures"). */
-        int src = bm_signer_sign(signer, buf, len, sig, sizeof sig, err, errlen);
+        /* Over the record exactly as produced (docs/wire.md "Signatures"). */
+        struct bm_sig_record sr = {biomatch__v1__match_job__descriptor.name,
+                                   topic, job->job_id, strlen(job->job_id), buf, len,
+                                   job->agency, job->job_id};
+        int src = bm_signer_sign_record(signer, &sr, bm_wall_ms(), sig, sizeof sig, err, errlen);
         if (src != BM_OK) {
             free(buf);
             return src;

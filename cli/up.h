@@ -13,6 +13,13 @@
 #include <signal.h>
 #include <stdint.h>
 
+struct bm_signer;
+
+/* The agencies of the policy `up` generates: the demo's and one for
+ * trying the command line by hand. */
+#define CLI_UP_DEMO_AGENCY "demo"
+#define CLI_UP_CLI_AGENCY "cli"
+
 /* The galleries `up` defines. */
 #define CLI_UP_FACE "face"
 #define CLI_UP_IRIS "iris"
@@ -27,6 +34,9 @@ struct cli_up_env {
     const int *worker_ports;    /* /readyz and /metrics of each worker */
     int nworkers;
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
+    /* Signs the demo agency's jobs and enrollments (the key `up` made for
+     * its generated policy). */
+    const struct bm_signer *signer;
     /* Non-zero when a child died; checked while waiting so a crash ends the
      * demo at once instead of at a timeout. */
     int (*children_ok)(void *opaque);

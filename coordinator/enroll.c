@@ -1,12 +1,14 @@
 /* Enrollment intake: the first half of the gallery role.
  *
  * Consumes the `enroll` topic in batches, checks each request (size before
- * decoding, known gallery, subject id, op, template against the gallery's
- * definition, then the policy and signature: lib/conf/policy.h), and either re-keys it onto gallery.<name> (partition =
- * bm_shard_of(subject id, S), key = subject id; a delete becomes a
- * tombstone) or rejects it with an EnrollResult to the request's reply
- * topic (or the original record to `dlq` with an `error` header). Every
- * decision leaves an audit record.
+ * decoding; then authentication before any lookup: authn.h, a failure goes
+ * to `dlq` only; then known gallery, subject id, op, template against the
+ * gallery's definition, then the policy's grants: lib/conf/policy.h), and
+ * either re-keys it onto gallery.<name> (partition = bm_shard_of(subject
+ * id, S), key = subject id; a delete becomes a tombstone) or rejects it
+ * with an EnrollResult to the request's reply topic (or the original
+ * record to `dlq` with an `error` header). Every decision leaves an audit
+ * record.
  *
  * Normalisation: a dense template is converted to the gallery's storage
  * format exactly once, here (L2-normalised, then f32/f16/int8 with a
@@ -37,6 +39,7 @@
 #include <time.h>
 
 #include "audit.h"
+#include "authn.h"
 #include "bus/bus.h"
 #include "common/clock.h"
 #include "conf/conf.h"
@@ -115,7 +118,7 @@ struct enroll {
     struct bm_counter *m_rejected;
     struct bm_counter *m_deleted;
     struct bm_counter *refused; /* records Kafka refused for good */
-    struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
+    struct bm_policy *policy;  /* NULL: development mode, every agency allowed */
     struct bm_keyring *keyring; /* at-rest keys; NULL: records in the clear */
 };
 
@@ -431,16 +434,21 @@ static Biomatch__V1__ElementType element_of(enum bm_dtype t)
 
 /* ------------------------------------------------------------ policy */
 
-/* Authorise a request that passed validation: bm_coord_authorise with the
- * enroll or delete operation. */
-static Biomatch__V1__ErrorCode authorise(const struct enroll *e, const struct bm_bus_msg *m,
+/* Authorise a request that passed authentication and validation: may its
+ * agency enroll (OP_UPSERT) or delete (OP_DELETE) on its gallery? */
+static Biomatch__V1__ErrorCode authorise(const struct enroll *e,
                                          const Biomatch__V1__EnrollRequest *req, char *why,
                                          size_t whylen)
 {
+    if (e->policy == NULL)
+        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
     enum bm_policy_op op = req->op == BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE
                                ? BM_POLICY_OP_DELETE
                                : BM_POLICY_OP_ENROLL;
-    return bm_coord_authorise(e->policy, m, req->agency, req->gallery, op, why, whylen);
+    if (bm_policy_permit(e->policy, req->agency, req->gallery, op, why, whylen) ==
+        BM_POLICY_ALLOW)
+        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
 }
 
 /* ------------------------------------------------------------ one message */
@@ -464,6 +472,22 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
     }
     Biomatch__V1__EnrollRequest *req = (Biomatch__V1__EnrollRequest *)pm;
     Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    /* Authenticate before any lookup or write. A failure is answered only
+     * through dlq: the reply topic is the unauthenticated sender's choice. */
+    rc = bm_authn_check(e->policy, e->ctx->conf->security.replay_window_ms, e->redis, m,
+                        &biomatch__v1__enroll_request__descriptor, "enroll", req->agency,
+                        req->request_id, &code, why, sizeof why);
+    if (rc != BM_OK) {
+        bm_wire_free(pm);
+        return rc; /* Redis is down: retried */
+    }
+    if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
+        bm_authn_count(e->ctx, "gallery", code);
+        req->reply_topic[0] = '\0';
+        reject(e, m, req, code, why);
+        bm_wire_free(pm);
+        return BM_OK;
+    }
     size_t sidlen = strlen(req->subject_id);
     struct galent *g = NULL;
     if (req->reply_topic[0] != '\0' && !topic_name_ok(req->reply_topic)) {
@@ -508,7 +532,7 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         }
     }
     if (code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE)
-        code = authorise(e, m, req, why, sizeof why);
+        code = authorise(e, req, why, sizeof why);
     if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
         reject(e, m, req, code, why);
         bm_wire_free(pm);
@@ -801,19 +825,10 @@ int bm_enroll_run(struct bm_coord_ctx *ctx)
         rc = bm_seterr(err, sizeof err, BM_EINVAL, "topic prefix too long");
         goto fail;
     }
-    if (conf->security.policy_file != NULL) {
-        /* A policy that does not parse stops the role: never run open. */
-        if ((e->policy = bm_policy_load(conf->security.policy_file, err, sizeof err)) == NULL) {
-            rc = BM_EINVAL;
-            goto fail;
-        }
-        BM_LOGF(BM_LOG_INFO, "enroll: policy loaded",
-                BM_LF_STR("file", conf->security.policy_file),
-                BM_LF_INT("agencies", (long long)bm_policy_agency_count(e->policy)));
-    } else if (bm_policy_warn_once()) {
-        BM_LOGF(BM_LOG_WARN, "no security.policy_file: every agency may use every gallery",
-                BM_LF_STR("role", "gallery"));
-    }
+    /* No policy (outside development mode) or one that does not parse
+     * stops the role: never run open by accident. */
+    if ((rc = bm_authn_policy(ctx, "gallery", &e->policy, err, sizeof err)) != BM_OK)
+        goto fail;
     /* The builder (same role) logs the keyring's state and warnings. */
     e->keyring = bm_keyring_from_conf(conf, &rc, err, sizeof err);
     if (rc != BM_OK)

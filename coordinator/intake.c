@@ -9,9 +9,11 @@
  * tasks might be lost. Nothing a client sends can stop the loop: every
  * input ends as tasks, a rejection or a dlq record.
  *
- * Authorisation (lib/conf/policy.h) runs after validation: a job its
- * agency may not run, or one without the signature its agency requires, is
- * an ordinary rejection (UNAUTHORIZED / BAD_SIGNATURE) with an audit record.
+ * Authentication (authn.h) runs right after decoding, before the gallery
+ * lookup or anything else: a job that is not provably its agency's, or a
+ * replay, goes to dlq (never to a topic it names) with an audit record.
+ * Authorisation (may this agency run this mode on this gallery) runs after
+ * validation: a denial is an ordinary rejection (UNAUTHORIZED).
  *
  * The opened marker is produced before the tasks, so the aggregator usually
  * knows the job before any shard answers (it copes with the other order). */
@@ -22,6 +24,7 @@
 #include <string.h>
 
 #include "audit.h"
+#include "authn.h"
 #include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/policy.h"
@@ -59,7 +62,7 @@ struct bm_intake {
     struct bm_galcache *cache;
     struct bm_audit *audit;
     struct bm_wire_limits limits;
-    struct bm_policy *policy;  /* NULL: no policy file, every agency allowed */
+    struct bm_policy *policy;  /* NULL: development mode, every agency allowed */
     char jobs[BM_TOPIC_MAX], partials[BM_TOPIC_MAX], results[BM_TOPIC_MAX];
     char dlq[BM_TOPIC_MAX];
     struct pend *head, *tail;  /* FIFO in consumption order */
@@ -321,21 +324,21 @@ static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
 
 /* ---------------------------------------------------------------- policy */
 
-/* Authorise a job that passed validation (bm_coord_authorise with the
- * identify or verify operation): UNAUTHORIZED or BAD_SIGNATURE in *code with
- * the reason in err, else BM_OK. */
-static int authorise(const struct bm_intake *in, const struct bm_bus_msg *m,
-                     const Biomatch__V1__MatchJob *job, Biomatch__V1__ErrorCode *code,
-                     char *err, size_t errlen)
+/* Authorise a job that passed validation and authentication: may its
+ * agency run its mode on its gallery? UNAUTHORIZED in *code with the reason
+ * in err, else BM_OK. */
+static int authorise(const struct bm_intake *in, const Biomatch__V1__MatchJob *job,
+                     Biomatch__V1__ErrorCode *code, char *err, size_t errlen)
 {
+    if (in->policy == NULL)
+        return BM_OK;
     enum bm_policy_op op = job->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY
                                ? BM_POLICY_OP_VERIFY
                                : BM_POLICY_OP_IDENTIFY;
-    Biomatch__V1__ErrorCode c =
-        bm_coord_authorise(in->policy, m, job->agency, job->gallery, op, err, errlen);
-    if (c == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE)
+    if (bm_policy_permit(in->policy, job->agency, job->gallery, op, err, errlen) ==
+        BM_POLICY_ALLOW)
         return BM_OK;
-    *code = c;
+    *code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
     return BM_EINVAL;
 }
 
@@ -373,6 +376,22 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
         tp[th->len] = '\0';
     }
 
+    /* Authenticate before any lookup: an unauthenticated sender learns
+     * nothing about galleries and can direct nothing to any topic. */
+    Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    rc = bm_authn_check(in->policy, in->conf->security.replay_window_ms, in->redis, m,
+                        &biomatch__v1__match_job__descriptor, "job", job->agency, job->job_id,
+                        &code, err, sizeof err);
+    if (rc != BM_OK) {
+        bm_wire_free_job(job);
+        return rc; /* Redis is down: fail the role, replay later */
+    }
+    if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
+        bm_wire_free_job(job);
+        bm_authn_count(in->ctx, "intake", code);
+        return to_dlq(in, m, code, err);
+    }
+
     const Biomatch__V1__GalleryDefinition *def = NULL;
     if (job->gallery && bm_topic_gallery_name_valid(job->gallery)) {
         rc = bm_galcache_get(in->cache, job->gallery, mono, &def, err, sizeof err);
@@ -381,10 +400,9 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
             return rc; /* Redis is down: the caller waits and retries */
         }
     }
-    Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
     rc = bm_wire_validate_job(job, def, now, &in->limits, &code, err, sizeof err);
     if (rc == BM_OK)
-        rc = authorise(in, m, job, &code, err, sizeof err);
+        rc = authorise(in, job, &code, err, sizeof err);
     /* The reply topic is checked whatever the verdict, because rejections
      * go there too: a missing topic would fail the delivery and, replayed,
      * stop intake for good; one of our own topics (the gallery log, audit)
@@ -509,17 +527,8 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
     in->conf = ctx->conf;
     bm_wire_limits_default(&in->limits);
     in->limits.max_top_k = (uint32_t)ctx->conf->coordinator.max_top_k;
-    if (ctx->conf->security.policy_file != NULL) {
-        in->policy = bm_policy_load(ctx->conf->security.policy_file, err, errlen);
-        if (in->policy == NULL)
-            goto fail;
-        char n[32];
-        snprintf(n, sizeof n, "%zu", bm_policy_agency_count(in->policy));
-        bm_log(BM_LOG_INFO, "intake: policy loaded", "file", ctx->conf->security.policy_file,
-               "agencies", n, NULL);
-    } else if (bm_policy_warn_once()) {
-        bm_log(BM_LOG_WARN, "no security.policy_file: every agency may use every gallery", NULL);
-    }
+    if (bm_authn_policy(ctx, "intake", &in->policy, err, errlen) != BM_OK)
+        goto fail;
     const char *pfx = ctx->conf->topic_prefix;
     bm_topic_name(in->jobs, sizeof in->jobs, pfx, BM_TOPIC_JOBS);
     bm_topic_name(in->partials, sizeof in->partials, pfx, BM_TOPIC_PARTIALS);

@@ -54,37 +54,6 @@ int bm_coord_stopping(const struct bm_coord_ctx *ctx)
 }
 
 
-Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
-                                           const struct bm_bus_msg *m, const char *agency,
-                                           const char *gallery, enum bm_policy_op op,
-                                           char *why, size_t whylen)
-{
-    if (policy == NULL)
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
-    const struct bm_bus_header *sig = NULL;
-    size_t nsig = 0;
-    for (size_t i = 0; i < m->nheaders; i++)
-        if (strcmp(m->headers[i].name, BM_POLICY_SIG_HEADER) == 0) {
-            sig = &m->headers[i];
-            nsig++;
-        }
-    enum bm_policy_verdict v;
-    if (nsig > 1) {
-        v = BM_POLICY_BAD_SIGNATURE;
-        snprintf(why, whylen, "more than one %s header", BM_POLICY_SIG_HEADER);
-    } else {
-        /* A header with a null value is present but empty: it must fail,
-         * not count as "unsigned". */
-        const char *sv = sig ? (sig->value ? (const char *)sig->value : "") : NULL;
-        v = bm_policy_check(policy, agency, gallery, op, m->value, m->valuelen, sv,
-                            sig ? sig->len : 0, why, whylen);
-    }
-    if (v == BM_POLICY_ALLOW)
-        return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
-    return v == BM_POLICY_BAD_SIGNATURE ? BIOMATCH__V1__ERROR_CODE__ERROR_CODE_BAD_SIGNATURE
-                                        : BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
-}
-
 int bm_coord_wait(struct bm_coord_ctx *ctx, int *waiting, int attempt, int err,
                   const char *why)
 {

@@ -21,7 +21,6 @@
 #include "biomatch.pb-c.h"
 #include "bus/bus.h"
 #include "common/err.h"
-#include "conf/policy.h"
 #include "obs/outage.h"
 
 struct bm_conf;
@@ -76,16 +75,5 @@ int bm_coord_wait(struct bm_coord_ctx *ctx, int *waiting, int attempt, int err,
                   const char *why);
 void bm_coord_wait_end(struct bm_coord_ctx *ctx, int *waiting);
 
-
-/* Authorise a record that passed validation under 'policy' (NULL: allow
- * all; docs/wire.md "Signatures"): may 'agency' do 'op' on 'gallery', and
- * does the record carry a valid signature of that agency over its value
- * bytes exactly as received? More than one signature header is refused:
- * which one counts would otherwise depend on the reader. Returns
- * ERROR_CODE_NONE, or UNAUTHORIZED / BAD_SIGNATURE with the reason in 'why'. */
-Biomatch__V1__ErrorCode bm_coord_authorise(const struct bm_policy *policy,
-                                           const struct bm_bus_msg *m, const char *agency,
-                                           const char *gallery, enum bm_policy_op op,
-                                           char *why, size_t whylen);
 
 #endif /* BM_COORD_ROLE_H */

@@ -115,6 +115,10 @@ static const struct key KEYS[] = {
      F(audit.checkpoint_interval_ms), 0, 100, 3600000, NULL},
     {"audit.log_subject_ids", "BIOMATCH_AUDIT_LOG_SUBJECT_IDS", K_BOOL,
      F(audit.log_subject_ids), 0, 0, 0, NULL},
+    {"security.dev_mode", "BIOMATCH_SECURITY_DEV_MODE", K_BOOL, F(security.dev_mode), 0, 0, 0,
+     NULL},
+    {"security.replay_window_ms", "BIOMATCH_SECURITY_REPLAY_WINDOW_MS", K_INT,
+     F(security.replay_window_ms), 0, 1000, 3600000, NULL},
     {"simd", "BIOMATCH_SIMD", K_ENUM, F(simd), 0, 0, 0, simds},
 };
 #undef F
@@ -640,6 +644,7 @@ static int set_defaults(struct bm_conf *c)
     c->coordinator.roles = BM_CONF_ROLE_ALL;
     c->audit.checkpoint_records = 1000;
     c->audit.checkpoint_interval_ms = 60000;
+    c->security.replay_window_ms = 300000;
     if (set_str(&c->node_id, host) || set_str(&c->topic_prefix, "biomatch.") ||
         set_str(&c->brokers, "127.0.0.1:9092") ||
         set_str(&c->redis.url, "redis://127.0.0.1:6379") ||

@@ -20,7 +20,6 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -417,6 +416,7 @@ static int load_root(struct loader *L, yaml_node_t *root)
         if (name[0] == '\0' || strlen(name) > MAX_AGENCY_BYTES)
             return fail(L, BM_EINVAL, k, "agency names are 1-128 bytes");
         struct agency *a = &L->p->agencies[L->p->n++];
+        a->require_signature = true; /* secure by default: opting out is explicit */
         if ((a->name = strdup(name)) == NULL)
             return bm_seterr(L->err, L->errlen, BM_ENOMEM, "out of memory");
         if ((rc = load_agency(L, a, k, v)) != BM_OK)
@@ -527,12 +527,6 @@ const char *bm_policy_op_name(enum bm_policy_op op)
     return "?";
 }
 
-bool bm_policy_warn_once(void)
-{
-    static atomic_flag warned = ATOMIC_FLAG_INIT;
-    return !atomic_flag_test_and_set(&warned);
-}
-
 /* ---- decisions ----------------------------------------------------------- */
 
 
@@ -589,21 +583,112 @@ static bool ed25519_verify(EVP_PKEY *k, const uint8_t *sig, const void *msg, siz
     return ok;
 }
 
-static enum bm_policy_verdict check_sig(const struct agency *a, const void *value, size_t len,
-                                        const char *sig, size_t siglen, char *why,
-                                        size_t whylen)
+/* The bytes a record signature covers (docs/wire.md section 13): a fixed
+ * label, then type, topic, key, agency and id each as a 4-byte big-endian
+ * length and the bytes, then the timestamp as 8 bytes big-endian, then the
+ * value as an 8-byte length and the bytes. Lengths make every field
+ * boundary unambiguous, so no two records share signed bytes. Returns a
+ * malloc'd buffer (caller frees) or NULL when out of memory or a field is
+ * over 4 GiB. */
+#define SIG_LABEL "biomatch-record-signature-v2"
+static uint8_t *record_message(const struct bm_sig_record *r, int64_t ts, size_t *n)
+{
+    const void *f[5] = {r->type, r->topic, r->key, r->agency, r->id};
+    size_t fl[5] = {r->type ? strlen(r->type) : 0, r->topic ? strlen(r->topic) : 0,
+                    r->key ? r->keylen : 0, r->agency ? strlen(r->agency) : 0,
+                    r->id ? strlen(r->id) : 0};
+    size_t total = sizeof SIG_LABEL + 8 + 8 + r->len;
+    for (int i = 0; i < 5; i++) {
+        if (fl[i] > UINT32_MAX)
+            return NULL;
+        total += 4 + fl[i];
+    }
+    uint8_t *buf = malloc(total), *o = buf;
+    if (buf == NULL)
+        return NULL;
+    memcpy(o, SIG_LABEL, sizeof SIG_LABEL); /* with its NUL */
+    o += sizeof SIG_LABEL;
+    for (int i = 0; i < 5; i++) {
+        for (int b = 3; b >= 0; b--)
+            *o++ = (uint8_t)(fl[i] >> (8 * b));
+        if (fl[i] > 0)
+            memcpy(o, f[i], fl[i]);
+        o += fl[i];
+    }
+    for (int b = 7; b >= 0; b--)
+        *o++ = (uint8_t)((uint64_t)ts >> (8 * b));
+    for (int b = 7; b >= 0; b--)
+        *o++ = (uint8_t)((uint64_t)r->len >> (8 * b));
+    if (r->len > 0)
+        memcpy(o, r->value, r->len);
+    *n = total;
+    return buf;
+}
+
+/* "<key id>:<ts>:<base64>" into its parts; false when it does not parse.
+ * The timestamp is 1-19 decimal digits (no sign, no leading zeros except
+ * "0"), so it has one spelling. */
+static bool parse_sig(const char *sig, size_t siglen, char id[BM_POLICY_KEY_ID_MAX + 1],
+                      int64_t *ts, const char **b64, size_t *b64len)
+{
+    const char *c1 = memchr(sig, ':', siglen);
+    if (c1 == NULL || !valid_key_id(sig, (size_t)(c1 - sig)))
+        return false;
+    const char *t = c1 + 1, *end = sig + siglen;
+    const char *c2 = memchr(t, ':', (size_t)(end - t));
+    size_t tn = c2 ? (size_t)(c2 - t) : 0;
+    if (c2 == NULL || tn == 0 || tn > 19 || (tn > 1 && t[0] == '0'))
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < tn; i++) {
+        if (t[i] < '0' || t[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(t[i] - '0');
+    }
+    if (v > INT64_MAX)
+        return false;
+    snprintf(id, BM_POLICY_KEY_ID_MAX + 1, "%.*s", (int)(c1 - sig), sig);
+    *ts = (int64_t)v;
+    *b64 = c2 + 1;
+    *b64len = (size_t)(end - *b64);
+    return true;
+}
+
+static const struct agency *find_agency(const struct bm_policy *p, const char *name)
+{
+    for (size_t i = 0; name != NULL && i < p->n; i++)
+        if (strcmp(p->agencies[i].name, name) == 0)
+            return &p->agencies[i];
+    return NULL;
+}
+
+enum bm_policy_verdict bm_policy_authenticate(const struct bm_policy *p,
+                                              const struct bm_sig_record *r, const char *sig,
+                                              size_t siglen, int64_t now_ms, int64_t window_ms,
+                                              int64_t *ts_ms, char *why, size_t whylen)
 {
     const enum bm_policy_verdict B = BM_POLICY_BAD_SIGNATURE;
+    if (why != NULL && whylen > 0)
+        why[0] = '\0';
+    *ts_ms = 0;
     char cb[CLIP_CAP];
-    if (sig == NULL)
+    const struct agency *a = find_agency(p, r->agency);
+    if (a == NULL)
+        return deny(BM_POLICY_UNAUTHORIZED, why, whylen, "agency '%s' is not in the policy",
+                    clip(r->agency, cb));
+    if (sig == NULL) {
+        if (!a->require_signature)
+            return BM_POLICY_ALLOW;
         return deny(B, why, whylen, "agency '%s' requires signed records; no %s header",
                     clip(a->name, cb), BM_POLICY_SIG_HEADER);
-    const char *colon = memchr(sig, ':', siglen);
-    if (colon == NULL || !valid_key_id(sig, (size_t)(colon - sig)))
-        return deny(B, why, whylen, "%s header is not '<key id>:<base64 signature>'",
-                    BM_POLICY_SIG_HEADER);
+    }
     char id[BM_POLICY_KEY_ID_MAX + 1];
-    snprintf(id, sizeof id, "%.*s", (int)(colon - sig), sig);
+    int64_t ts;
+    const char *b64;
+    size_t b64len;
+    if (!parse_sig(sig, siglen, id, &ts, &b64, &b64len))
+        return deny(B, why, whylen, "%s header is not '<key id>:<unix ms>:<base64 signature>'",
+                    BM_POLICY_SIG_HEADER);
     const struct pkey *pk = NULL;
     for (size_t i = 0; i < a->nkeys && pk == NULL; i++)
         if (strcmp(a->keys[i].id, id) == 0)
@@ -612,37 +697,35 @@ static enum bm_policy_verdict check_sig(const struct agency *a, const void *valu
         return deny(B, why, whylen, "key id '%s' is not a key of agency '%s'", id,
                     clip(a->name, cb));
     uint8_t raw[ED25519_SIG_BYTES + 3];
-    const char *b64 = colon + 1;
-    if (b64_decode(b64, siglen - (size_t)(b64 - sig), raw, sizeof raw) != ED25519_SIG_BYTES)
+    if (b64_decode(b64, b64len, raw, sizeof raw) != ED25519_SIG_BYTES)
         return deny(B, why, whylen, "signature of key '%s' is not base64 of 64 bytes", id);
-    if (!ed25519_verify(pk->k, raw, value, len))
+    size_t mlen = 0;
+    uint8_t *msg = record_message(r, ts, &mlen);
+    if (msg == NULL)
+        return deny(B, why, whylen, "record too large to verify");
+    bool ok = ed25519_verify(pk->k, raw, msg, mlen);
+    free(msg);
+    if (!ok)
         return deny(B, why, whylen, "signature of key '%s' does not verify", id);
+    /* Checked after the signature, so an unsigned sender cannot learn the
+     * window; in this order a stale record is known to be a real replay. */
+    if (ts < now_ms - window_ms || ts > now_ms + window_ms)
+        return deny(BM_POLICY_STALE, why, whylen,
+                    "signed at %lld, outside %lld ms of the coordinator's clock (%lld)",
+                    (long long)ts, (long long)window_ms, (long long)now_ms);
+    *ts_ms = ts;
     return BM_POLICY_ALLOW;
 }
 
-enum bm_policy_verdict bm_policy_check(const struct bm_policy *p, const char *agency,
-                                       const char *gallery, enum bm_policy_op op,
-                                       const void *value, size_t len, const char *sig,
-                                       size_t siglen, char *why, size_t whylen)
+enum bm_policy_verdict bm_policy_permit(const struct bm_policy *p, const char *agency,
+                                        const char *gallery, enum bm_policy_op op, char *why,
+                                        size_t whylen)
 {
     if (why != NULL && whylen > 0)
         why[0] = '\0';
-    if (p == NULL)
-        return BM_POLICY_ALLOW;
     char cb[CLIP_CAP];
-    const struct agency *a = NULL;
-    for (size_t i = 0; agency != NULL && i < p->n && a == NULL; i++)
-        if (strcmp(p->agencies[i].name, agency) == 0)
-            a = &p->agencies[i];
-    if (a == NULL)
-        return deny(BM_POLICY_UNAUTHORIZED, why, whylen, "agency '%s' is not in the policy",
-                    clip(agency, cb));
-    if (a->require_signature || sig != NULL) {
-        enum bm_policy_verdict v = check_sig(a, value, len, sig, siglen, why, whylen);
-        if (v != BM_POLICY_ALLOW)
-            return v;
-    }
-    for (size_t i = 0; gallery != NULL && i < a->ngrants; i++) {
+    const struct agency *a = find_agency(p, agency);
+    for (size_t i = 0; a != NULL && gallery != NULL && i < a->ngrants; i++) {
         const struct grant *g = &a->grants[i];
         if ((strcmp(g->gallery, gallery) == 0 || strcmp(g->gallery, "*") == 0) && (g->ops & op))
             return BM_POLICY_ALLOW;
@@ -706,25 +789,27 @@ struct bm_signer *bm_signer_load(const char *path, const char *key_id, char *err
     return s;
 }
 
-int bm_signer_sign(const struct bm_signer *s, const void *value, size_t len, char *out,
-                   size_t outlen, char *err, size_t errlen)
+int bm_signer_sign_record(const struct bm_signer *s, const struct bm_sig_record *r,
+                          int64_t ts_ms, char *out, size_t outlen, char *err, size_t errlen)
 {
+    if (ts_ms < 0)
+        return bm_seterr(err, errlen, BM_EINVAL, "signature timestamp must not be negative");
+    size_t mlen = 0;
+    uint8_t *msg = record_message(r, ts_ms, &mlen);
+    if (msg == NULL)
+        return bm_seterr(err, errlen, BM_ENOMEM, "out of memory building the signed bytes");
     uint8_t sig[ED25519_SIG_BYTES];
     size_t siglen = sizeof sig;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     bool ok = ctx != NULL && EVP_DigestSignInit(ctx, NULL, NULL, NULL, s->k) == 1 &&
-              EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)(len ? value : ""),
-                             len) == 1 &&
-              siglen == ED25519_SIG_BYTES;
+              EVP_DigestSign(ctx, sig, &siglen, msg, mlen) == 1 && siglen == ED25519_SIG_BYTES;
     EVP_MD_CTX_free(ctx);
+    free(msg);
     if (!ok)
         return bm_seterr(err, errlen, BM_EINVAL, "Ed25519 signing failed");
-    size_t idn = strlen(s->id);
-    if (outlen < idn + 2)
-        return bm_seterr(err, errlen, BM_ERANGE, "signature buffer too small");
-    memcpy(out, s->id, idn);
-    out[idn] = ':';
-    if (b64_encode(sig, sizeof sig, out + idn + 1, outlen - idn - 1) != BM_OK)
+    int n = snprintf(out, outlen, "%s:%lld:", s->id, (long long)ts_ms);
+    if (n < 0 || (size_t)n >= outlen ||
+        b64_encode(sig, sizeof sig, out + n, outlen - (size_t)n) != BM_OK)
         return bm_seterr(err, errlen, BM_ERANGE, "signature buffer too small");
     return BM_OK;
 }

@@ -1,17 +1,20 @@
 /* Authorisation policy and Ed25519 record signatures (docs/architecture.md §6,
- * docs/wire.md "Signatures", docs/operations.md "Policy and signing keys").
+ * docs/wire.md "Signatures", docs/operations.md "Policy and signing keys",
+ * docs/security.md).
  *
  * A policy is a YAML file (config key security.policy_file) that lists the
  * agencies allowed to use the cluster; per agency, the galleries it may use
  * with the operations allowed on each (identify, verify, enroll, delete),
  * its Ed25519 public keys by key id, and whether its records must be
- * signed. Agencies not listed may do nothing. Without a policy file every
- * agency may do everything (the roles log a warning once).
+ * signed (the default). Agencies not listed may do nothing.
  *
- * A signature covers the exact bytes of a Kafka record value as they were
- * produced (never a re-encoding: protobuf serialisation is not canonical
- * across implementations) and travels in the record header
- * "biomatch-signature" as "<key id>:<base64 of the 64-byte signature>".
+ * A signature binds one record: the message type, the topic it was
+ * produced to, its key and value bytes exactly as produced (never a
+ * re-encoding: protobuf serialisation is not canonical across
+ * implementations), the agency and the job or request id the message
+ * names, and the signer's timestamp. It travels in the record header
+ * "biomatch-signature" as "<key id>:<unix ms>:<base64 of the 64-byte
+ * signature>".
  *
  * Invariant: a struct bm_policy returned by a load function is complete
  * and valid (every key parsed into an OpenSSL key, every name checked);
@@ -24,11 +27,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* The Kafka header carrying a record's signature. */
 #define BM_POLICY_SIG_HEADER "biomatch-signature"
-/* Longest header value: 64-byte key id, ':', 88 base64 characters, NUL. */
-#define BM_POLICY_SIG_MAX 160
+/* Longest header value: 64-byte key id, ':', a timestamp of at most 20
+ * characters, ':', 88 base64 characters, NUL. */
+#define BM_POLICY_SIG_MAX 176
 /* Key ids are 1..64 of [A-Za-z0-9._-]. */
 #define BM_POLICY_KEY_ID_MAX 64
 /* Base64 (with padding) of a raw 32-byte Ed25519 public key, plus NUL. */
@@ -43,11 +48,25 @@ enum bm_policy_op {
 };
 
 /* Outcome of a check; the roles map it to ERROR_CODE_NONE,
- * ERROR_CODE_UNAUTHORIZED and ERROR_CODE_BAD_SIGNATURE. */
+ * ERROR_CODE_UNAUTHORIZED, ERROR_CODE_BAD_SIGNATURE and ERROR_CODE_REPLAYED. */
 enum bm_policy_verdict {
     BM_POLICY_ALLOW = 0,
     BM_POLICY_UNAUTHORIZED = 1,
     BM_POLICY_BAD_SIGNATURE = 2,
+    BM_POLICY_STALE = 3,       /* signed timestamp outside the replay window */
+};
+
+/* What a record signature covers (docs/wire.md section 13). Every pointer
+ * is borrowed for the call; a NULL string counts as "". */
+struct bm_sig_record {
+    const char *type;          /* full message name, "biomatch.v1.MatchJob" */
+    const char *topic;         /* topic produced to, prefix included */
+    const void *key;           /* record key bytes (NULL when keylen is 0) */
+    size_t keylen;
+    const void *value;         /* record value bytes exactly as produced */
+    size_t len;
+    const char *agency;        /* the message's agency */
+    const char *id;            /* the message's job_id or request_id */
 };
 
 struct bm_policy;
@@ -70,31 +89,36 @@ void bm_policy_destroy(struct bm_policy *p);
 /* Number of agencies in 'p' (for the start-up log line); 0 for NULL. */
 size_t bm_policy_agency_count(const struct bm_policy *p);
 
-/* Decide one record: may 'agency' perform 'op' on 'gallery', and is the
- * record signed as the agency requires? 'value'/'len' are the record value
- * bytes exactly as received; 'sig'/'siglen' the biomatch-signature header
- * value (NULL when the record has none). Checks, in this order:
- *   1. p == NULL: BM_POLICY_ALLOW (no policy configured);
- *   2. the agency is listed, else BM_POLICY_UNAUTHORIZED;
- *   3. if the agency requires signatures or the record carries one: the
+/* Authenticate one record: is 'r' signed by a key of the agency it names,
+ * at a time within 'window_ms' of 'now_ms' (either side: clocks are not
+ * synchronised)? 'sig'/'siglen' are the biomatch-signature header value
+ * (NULL when the record has none). Checks, in this order:
+ *   1. the agency is listed, else BM_POLICY_UNAUTHORIZED;
+ *   2. if the agency requires signatures or the record carries one: the
  *      header parses, names one of the agency's key ids and the Ed25519
- *      signature over the value verifies, else BM_POLICY_BAD_SIGNATURE
- *      (authenticity before authorisation: an unsigned record must not
- *      learn what the agency it claims to be may do);
- *   4. the gallery (or "*") is granted with 'op', else BM_POLICY_UNAUTHORIZED.
- * On anything but ALLOW a human-readable reason (no key material, ids
- * truncated) goes to 'why'. Thread: any. */
-enum bm_policy_verdict bm_policy_check(const struct bm_policy *p, const char *agency,
-                                       const char *gallery, enum bm_policy_op op,
-                                       const void *value, size_t len, const char *sig,
-                                       size_t siglen, char *why, size_t whylen);
+ *      signature over the record and the timestamp verifies, else
+ *      BM_POLICY_BAD_SIGNATURE;
+ *   3. the signed timestamp is in [now - window, now + window], else
+ *      BM_POLICY_STALE.
+ * An unsigned record of an agency with require_signature: false passes
+ * with *ts_ms = 0. On ALLOW *ts_ms is the signed timestamp; otherwise a
+ * human-readable reason (no key material, strings clipped) goes to 'why'.
+ * 'p' must not be NULL. Thread: any. */
+enum bm_policy_verdict bm_policy_authenticate(const struct bm_policy *p,
+                                              const struct bm_sig_record *r, const char *sig,
+                                              size_t siglen, int64_t now_ms, int64_t window_ms,
+                                              int64_t *ts_ms, char *why, size_t whylen);
+
+/* May 'agency' (already authenticated) perform 'op' on 'gallery'? The
+ * gallery or "*" must be granted with the operation, else
+ * BM_POLICY_UNAUTHORIZED with the reason in 'why'. 'p' must not be NULL.
+ * Thread: any. */
+enum bm_policy_verdict bm_policy_permit(const struct bm_policy *p, const char *agency,
+                                        const char *gallery, enum bm_policy_op op, char *why,
+                                        size_t whylen);
 
 /* "identify", "verify", "enroll", "delete" ("?" otherwise). */
 const char *bm_policy_op_name(enum bm_policy_op op);
-
-/* True for exactly one caller per process: the roles use it to log the
- * "no policy: every agency may do everything" warning once. Thread: any. */
-bool bm_policy_warn_once(void);
 
 /* ------------------------------------------------------------- signing */
 
@@ -111,12 +135,13 @@ struct bm_signer *bm_signer_from_pem(const char *pem, size_t len, const char *ke
 struct bm_signer *bm_signer_load(const char *path, const char *key_id, char *err,
                                  size_t errlen);
 
-/* Sign 'len' bytes of 'value' and write the biomatch-signature header value
- * "<key id>:<base64 signature>" into 'out' (at least BM_POLICY_SIG_MAX
- * bytes). Returns BM_OK, BM_ERANGE ('out' too small) or BM_EINVAL (OpenSSL
- * refused), with the reason in err and 'out' undefined. Thread: any. */
-int bm_signer_sign(const struct bm_signer *s, const void *value, size_t len, char *out,
-                   size_t outlen, char *err, size_t errlen);
+/* Sign record 'r' at time 'ts_ms' (unix ms, >= 0) and write the
+ * biomatch-signature header value "<key id>:<ts_ms>:<base64 signature>"
+ * into 'out' (at least BM_POLICY_SIG_MAX bytes). Returns BM_OK, BM_ERANGE
+ * ('out' too small), BM_ENOMEM or BM_EINVAL (OpenSSL refused), with the
+ * reason in err and 'out' undefined. Thread: any. */
+int bm_signer_sign_record(const struct bm_signer *s, const struct bm_sig_record *r,
+                          int64_t ts_ms, char *out, size_t outlen, char *err, size_t errlen);
 
 /* The base64 of the signer's raw 32-byte public key (the form the policy
  * file takes) into 'out' (at least BM_POLICY_PUB_B64_LEN bytes). */

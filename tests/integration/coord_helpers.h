@@ -50,9 +50,12 @@ static inline void th_setup(struct th_env *e, const char *name, const char *role
     snprintf(e->envbuf[4], sizeof e->envbuf[4], "BIOMATCH_COORDINATOR_MAX_JOB_BYTES=8192");
     snprintf(e->envbuf[5], sizeof e->envbuf[5], "BIOMATCH_COORDINATOR_ROLES=%s", roles);
     snprintf(e->envbuf[6], sizeof e->envbuf[6], "BIOMATCH_HTTP_ENABLED=false");
-    for (int i = 0; i < 7; i++)
+    /* Development mode (no policy); a test with a policy puts
+     * BIOMATCH_SECURITY_POLICY_FILE in slot 7 instead. */
+    snprintf(e->envbuf[7], sizeof e->envbuf[7], "BIOMATCH_SECURITY_DEV_MODE=true");
+    for (int i = 0; i < 8; i++)
         e->envp[i] = e->envbuf[i];
-    e->envp[7] = NULL;
+    e->envp[8] = NULL;
     char err[512];
     e->conf = bm_conf_parse(NULL, 0, NULL, e->envp, err, sizeof err);
     if (e->conf == NULL)
