@@ -147,7 +147,8 @@ struct bm_redis *cli_redis(const struct cli_common *c)
     /* Shard loads move big replies; the CLI is patient. */
     o.io_timeout_ms = c->conf->redis.io_timeout_ms > 30000 ? c->conf->redis.io_timeout_ms : 30000;
     o.max_reply_bytes = BM_REDIS_DEFAULT_MAX_REPLY_BYTES;
-    struct bm_redis *r = bm_redis_connect(url, &o, err, sizeof err);
+    struct bm_redis *r = c->redis != NULL ? bm_redis_connect(url, &o, err, sizeof err)
+                                          : bm_redis_connect_opts(c->conf, &o, err, sizeof err);
     if (r == NULL)
         fprintf(stderr, "biomatch: redis: %s\n", err);
     return r;

@@ -54,6 +54,8 @@ static const struct key KEYS[] = {
     {"topics.min_insync_replicas", "BIOMATCH_TOPICS_MIN_INSYNC_REPLICAS", K_INT,
      F(topics.min_insync_replicas), 0, 0, 32, NULL},
     {"redis.url", "BIOMATCH_REDIS_URL", K_STR, F(redis.url), 0, 0, 0, NULL},
+    {"redis.cluster", "BIOMATCH_REDIS_CLUSTER", K_LIST, F(redis.cluster), F(redis.cluster_n),
+     0, 0, NULL},
     {"redis.connect_timeout_ms", "BIOMATCH_REDIS_CONNECT_TIMEOUT_MS", K_INT,
      F(redis.connect_timeout_ms), 0, 1, 600000, NULL},
     {"redis.io_timeout_ms", "BIOMATCH_REDIS_IO_TIMEOUT_MS", K_INT, F(redis.io_timeout_ms), 0,
@@ -145,6 +147,13 @@ static const struct key *find_key(const char *path)
         if (strcmp(KEYS[i].path, path) == 0)
             return &KEYS[i];
     return NULL;
+}
+
+/* A scheme the store connects to (lib/store/redis.h). */
+static bool redis_url_scheme(const char *url)
+{
+    return strncmp(url, "redis://", 8) == 0 || strncmp(url, "rediss://", 9) == 0 ||
+           strncmp(url, "redis+cluster://", 16) == 0 || strncmp(url, "rediss+cluster://", 17) == 0;
 }
 
 static int set_str(char **dst, const char *v)
@@ -320,9 +329,16 @@ static int apply_list(struct loader *L, const struct key *k, char **items, size_
         *FIELD(c, k, unsigned) = bits;
         return BM_OK;
     }
+    /* redis.cluster holds seed URLs, not names. */
+    bool urls = k->off == offsetof(struct bm_conf, redis.cluster);
+    for (size_t i = 0; urls && i < n; i++)
+        if (!redis_url_scheme(items[i]))
+            return bm_seterr(L->err, L->errlen, BM_EINVAL,
+                             "%s: '%s' entries must start with redis://, rediss://, "
+                             "redis+cluster:// or rediss+cluster://", where, k->path);
     /* security.at_rest_previous_keys holds "id=path" entries, not names. */
-    bool keys = k->off == offsetof(struct bm_conf, security.at_rest_previous_keys);
-    for (size_t i = 0; keys && i < n; i++) {
+    bool keys = urls || k->off == offsetof(struct bm_conf, security.at_rest_previous_keys);
+    for (size_t i = 0; keys && !urls && i < n; i++) {
         const char *eq = strchr(items[i], '=');
         char id[65];
         snprintf(id, sizeof id, "%.*s", eq != NULL ? (int)(eq - items[i]) : 0, items[i]);
@@ -665,9 +681,10 @@ static int check(const struct bm_conf *c, char *err, size_t errlen)
                          c->topic_prefix);
     if (c->brokers[0] == '\0')
         return bm_seterr(err, errlen, BM_EINVAL, "brokers must not be empty");
-    if (strncmp(c->redis.url, "redis://", 8) != 0 && strncmp(c->redis.url, "rediss://", 9) != 0)
+    if (!redis_url_scheme(c->redis.url))
         return bm_seterr(err, errlen, BM_EINVAL,
-                         "redis.url must start with redis:// or rediss://");
+                         "redis.url must start with redis://, rediss://, redis+cluster:// or "
+                         "rediss+cluster://");
     unsigned char addr[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, c->http.bind, addr) != 1 &&
         inet_pton(AF_INET6, c->http.bind, addr) != 1)
@@ -862,8 +879,13 @@ int bm_conf_dump(const struct bm_conf *c, char **out)
             break;
         case K_LIST:
             v = cJSON_CreateArray();
-            for (size_t j = 0; v != NULL && j < *(const size_t *)(const void *)((const char *)c + k->off_n); j++)
-                cJSON_AddItemToArray(v, cJSON_CreateString((*FIELD(c, k, char **const))[j]));
+            for (size_t j = 0; v != NULL && j < *(const size_t *)(const void *)((const char *)c + k->off_n); j++) {
+                const char *item = (*FIELD(c, k, char **const))[j];
+                char *r = k->off == offsetof(struct bm_conf, redis.cluster) ? redact_url(item)
+                                                                             : NULL;
+                cJSON_AddItemToArray(v, cJSON_CreateString(r != NULL ? r : item));
+                free(r);
+            }
             break;
         case K_ROLES:
             v = cJSON_CreateArray();

@@ -42,7 +42,11 @@ struct bm_conf {
         int min_insync_replicas;   /* set on every topic biomatch creates; 0 = the broker's default */
     } topics;
     struct {
-        char *url;                 /* redis://[user:password@]host:port */
+        char *url;                 /* redis://[user:password@]host:port, or
+                                      redis+cluster://[creds@]h1:p1,h2:p2 */
+        char **cluster;            /* Redis Cluster seed URLs; when set they
+                                      are used instead of url */
+        size_t cluster_n;
         int connect_timeout_ms;
         int io_timeout_ms;
         int64_t max_reply_bytes;

@@ -380,34 +380,41 @@ static int cmp_def(const void *a, const void *b)
     return strcmp((*x)->name, (*y)->name);
 }
 
-int bm_galdef_list(struct bm_redis *r, Biomatch__V1__GalleryDefinition ***defs, size_t *ndefs,
-                   size_t *nbad, char *err, size_t errlen)
+/* What one gallery-list SCAN collects, node by node. */
+struct galdef_scan {
+    struct bm_redis *r;         /* reads the definitions (routes by key) */
+    Biomatch__V1__GalleryDefinition **v;
+    size_t n, cap, bad;
+    char *err;
+    size_t errlen;
+    bool err_set;               /* scan_node wrote err */
+};
+
+/* SCAN one node's "bm:gallery:*" keys and read each definition. On Redis
+ * Cluster the definitions are spread over all masters (one key each, any
+ * slot), so bm_galdef_list runs this once per master. */
+static int scan_node(struct bm_redis *node, void *arg)
 {
     static const char prefix[] = "bm:gallery:";
-    Biomatch__V1__GalleryDefinition **v = NULL;
-    size_t n = 0, cap = 0, bad = 0;
+    struct galdef_scan *sc = arg;
+    sc->err_set = true;     /* every failure below writes err */
     char cursor[32] = "0";
-    int rc = BM_OK;
-    *defs = NULL;
-    *ndefs = 0;
-    if (nbad != NULL)
-        *nbad = 0;
     /* SCAN may return a key more than once; duplicates are dropped after
      * sorting. The loop ends when the cursor comes back to 0. */
     for (int guard = 0; guard < 1000000; guard++) {
         struct bm_redis_reply *rep = NULL;
-        rc = bm_redis_cmd(r, &rep, "SCAN", cursor, "MATCH", "bm:gallery:*", "COUNT", "1000", NULL);
+        int rc = bm_redis_cmd(node, &rep, "SCAN", cursor, "MATCH", "bm:gallery:*", "COUNT",
+                              "1000", NULL);
         if (rc != BM_OK) {
-            bm_seterr(err, errlen, rc, "gallery list: SCAN: %s", bm_redis_errstr(r));
+            bm_seterr(sc->err, sc->errlen, rc, "gallery list: SCAN: %s", bm_redis_errstr(node));
             bm_redis_reply_free(rep);
-            goto fail;
+            return rc;
         }
         if (rep->type != BM_REDIS_ARRAY || rep->elements != 2 ||
             rep->element[0]->type != BM_REDIS_STRING || rep->element[0]->len >= sizeof cursor ||
             rep->element[1]->type != BM_REDIS_ARRAY) {
             bm_redis_reply_free(rep);
-            rc = bm_seterr(err, errlen, BM_EPROTO, "gallery list: unexpected SCAN reply");
-            goto fail;
+            return bm_seterr(sc->err, sc->errlen, BM_EPROTO, "gallery list: unexpected SCAN reply");
         }
         memcpy(cursor, rep->element[0]->str, rep->element[0]->len);
         cursor[rep->element[0]->len] = '\0';
@@ -421,53 +428,69 @@ int bm_galdef_list(struct bm_redis *r, Biomatch__V1__GalleryDefinition ***defs, 
             memcpy(name, k->str + sizeof prefix - 1, k->len - (sizeof prefix - 1));
             name[k->len - (sizeof prefix - 1)] = '\0';
             int grc;
-            Biomatch__V1__GalleryDefinition *d = bm_galdef_get(r, name, &grc, NULL, 0);
+            Biomatch__V1__GalleryDefinition *d = bm_galdef_get(sc->r, name, &grc, NULL, 0);
             if (d == NULL) {
                 if (grc == BM_EPROTO || grc == BM_ERANGE || grc == BM_EINVAL) {
-                    bad++;
+                    sc->bad++;
                     continue;
                 }
                 if (grc == BM_ENOTFOUND)
                     continue;
                 bm_redis_reply_free(rep);
-                rc = bm_seterr(err, errlen, grc, "gallery list: GET %s: %s", name, bm_redis_errstr(r));
-                goto fail;
+                return bm_seterr(sc->err, sc->errlen, grc, "gallery list: GET %s: %s", name,
+                                 bm_redis_errstr(sc->r));
             }
-            if (n == cap) {
-                size_t ncap = cap ? cap * 2 : 16;
-                void *nv = realloc(v, ncap * sizeof *v);
+            if (sc->n == sc->cap) {
+                size_t ncap = sc->cap ? sc->cap * 2 : 16;
+                void *nv = realloc(sc->v, ncap * sizeof *sc->v);
                 if (nv == NULL) {
                     bm_galdef_free(d);
                     bm_redis_reply_free(rep);
-                    rc = bm_seterr(err, errlen, BM_ENOMEM, "gallery list: out of memory");
-                    goto fail;
+                    return bm_seterr(sc->err, sc->errlen, BM_ENOMEM, "gallery list: out of memory");
                 }
-                v = nv;
-                cap = ncap;
+                sc->v = nv;
+                sc->cap = ncap;
             }
-            v[n++] = d;
+            sc->v[sc->n++] = d;
         }
         bm_redis_reply_free(rep);
         if (strcmp(cursor, "0") == 0)
             break;
     }
+    sc->err_set = false;
+    return BM_OK;
+}
+
+int bm_galdef_list(struct bm_redis *r, Biomatch__V1__GalleryDefinition ***defs, size_t *ndefs,
+                   size_t *nbad, char *err, size_t errlen)
+{
+    struct galdef_scan sc = { .r = r, .err = err, .errlen = errlen };
+    *defs = NULL;
+    *ndefs = 0;
+    if (nbad != NULL)
+        *nbad = 0;
+    int rc = bm_redis_each_master(r, scan_node, &sc);
+    if (rc != BM_OK) {
+        if (!sc.err_set)    /* the cluster could not reach a master */
+            bm_seterr(err, errlen, rc, "gallery list: %s", bm_redis_errstr(r));
+        bm_galdef_list_free(sc.v, sc.n);
+        return rc;
+    }
+    size_t n = sc.n;
     if (n > 1) {
-        qsort(v, n, sizeof *v, cmp_def);
+        qsort(sc.v, n, sizeof *sc.v, cmp_def);
         size_t w = 1;
         for (size_t i = 1; i < n; i++) {
-            if (strcmp(v[i]->name, v[w - 1]->name) == 0)
-                bm_galdef_free(v[i]);
+            if (strcmp(sc.v[i]->name, sc.v[w - 1]->name) == 0)
+                bm_galdef_free(sc.v[i]);
             else
-                v[w++] = v[i];
+                sc.v[w++] = sc.v[i];
         }
         n = w;
     }
-    *defs = v;
+    *defs = sc.v;
     *ndefs = n;
     if (nbad != NULL)
-        *nbad = bad;
+        *nbad = sc.bad;
     return BM_OK;
-fail:
-    bm_galdef_list_free(v, n);
-    return rc;
 }

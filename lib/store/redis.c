@@ -29,7 +29,9 @@
  * start of the next command, never in the middle of one. */
 #include "store/redis.h"
 
+#include "common/clock.h"
 #include "common/err.h"
+#include "store/redis_cluster.h"
 
 #include <hiredis/hiredis.h>
 
@@ -406,6 +408,9 @@ struct bm_redis {
     struct bm_tls_conf tls;     /* dial_arg of the default TLS dialer; its
                                    strings point into tls_own */
     char *tls_own[4];           /* owned copies of opts.tls_* */
+    struct bm_cluster *cl;      /* Redis Cluster: every call goes there and
+                                   the fields above stay unused, except the
+                                   sticky error */
 };
 
 static int set_err(struct bm_redis *c, int code, const char *fmt, ...)
@@ -423,7 +428,18 @@ static int set_err(struct bm_redis *c, int code, const char *fmt, ...)
 
 int bm_redis_err(const struct bm_redis *c) { return c->err; }
 const char *bm_redis_errstr(const struct bm_redis *c) { return c->errstr; }
-size_t bm_redis_pending(const struct bm_redis *c) { return c->pending; }
+size_t bm_redis_pending(const struct bm_redis *c)
+{
+    return c->cl != NULL ? bm_cluster_pending(c->cl) : c->pending;
+}
+
+/* A cluster call's outcome: failures become the sticky error. */
+static int cluster_rc(struct bm_redis *c, int rc, const char *msg)
+{
+    if (rc != BM_OK)
+        set_err(c, rc, "%s", msg);
+    return rc;
+}
 
 void bm_redis_clear_err(struct bm_redis *c)
 {
@@ -453,13 +469,6 @@ static void conn_break(struct bm_redis *c, int code, const char *msg)
     snprintf(c->break_msg, sizeof c->break_msg, "%s", msg);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 static int raw_command(struct bm_redis *c, int argc, const char *const *argv,
                        const size_t *argvlen, struct bm_redis_reply **reply);
 
@@ -473,7 +482,7 @@ static int conn_open(struct bm_redis *c)
     struct bm_transport *tr = NULL;
     for (int a = 0; a < attempts && tr == NULL; a++) {
         if (a > 0) {
-            sleep_ms(backoff);
+            bm_sleep_ms(backoff);
             backoff = backoff * 2 > 1000 ? 1000 : backoff * 2;
         }
         tr = c->opts.dial(c->opts.dial_arg, c->host, c->port,
@@ -745,10 +754,20 @@ static int raw_command(struct bm_redis *c, int argc, const char *const *argv,
     return read_reply(c, reply);
 }
 
+int bm_redis_ensure(struct bm_redis *c)
+{
+    return c->cl != NULL ? BM_OK : conn_ready(c);
+}
+
 int bm_redis_append(struct bm_redis *c, int argc, const char *const *argv,
                     const size_t *argvlen)
 {
     int rc = check_args(c, argc, argv, argvlen);
+    if (rc == BM_OK && c->cl != NULL) {
+        char msg[256];
+        return cluster_rc(c, bm_cluster_append(c->cl, argc, argv, argvlen, msg, sizeof msg),
+                          msg);
+    }
     if (rc == BM_OK)
         rc = conn_ready(c);
     if (rc == BM_OK)
@@ -758,6 +777,10 @@ int bm_redis_append(struct bm_redis *c, int argc, const char *const *argv,
 
 int bm_redis_get_reply(struct bm_redis *c, struct bm_redis_reply **reply)
 {
+    if (c->cl != NULL) {
+        char msg[256];
+        return cluster_rc(c, bm_cluster_get_reply(c->cl, reply, msg, sizeof msg), msg);
+    }
     return read_reply(c, reply);
 }
 
@@ -768,6 +791,17 @@ int bm_redis_command(struct bm_redis *c, int argc, const char *const *argv,
         *reply = NULL;
     /* On a healthy stream the next reply belongs to an appended command; on a
      * broken one the owed replies are gone and the reconnect drops them. */
+    if (c->cl != NULL) {
+        char msg[256];
+        if (bm_cluster_pending(c->cl) > 0)
+            return set_err(c, BM_EINVAL, "%zu pipelined replies still pending",
+                           bm_cluster_pending(c->cl));
+        int rc = check_args(c, argc, argv, argvlen);
+        if (rc != BM_OK)
+            return rc;
+        return cluster_rc(c, bm_cluster_command(c->cl, argc, argv, argvlen, reply, msg,
+                                                sizeof msg), msg);
+    }
     if (c->pending > 0 && c->tr != NULL)
         return set_err(c, BM_EINVAL, "%zu pipelined replies still pending", c->pending);
     int rc = bm_redis_append(c, argc, argv, argvlen);
@@ -812,6 +846,10 @@ void bm_redis_reply_recycle(struct bm_redis *c, struct bm_redis_reply *r)
 {
     if (r == NULL)
         return;
+    if (c != NULL && c->cl != NULL) {
+        bm_cluster_recycle(c->cl, r);
+        return;
+    }
     bool ours = c != NULL && r->str != NULL && r->str == c->given;
     if (ours)
         c->given = NULL;
@@ -960,6 +998,7 @@ void bm_redis_close(struct bm_redis *c)
 {
     if (c == NULL)
         return;
+    bm_cluster_close(c->cl);
     if (c->tr != NULL)
         c->tr->close(c->tr);
     if (c->reader != NULL)
@@ -995,6 +1034,8 @@ struct bm_redis *bm_redis_connect(const char *url, const struct bm_redis_opts *o
         bm_seterr(err, errlen, BM_EINVAL, "no Redis URL");
         return NULL;
     }
+    if (strncmp(url, "redis+cluster://", 16) == 0 || strncmp(url, "rediss+cluster://", 17) == 0)
+        return bm_redis_connect_cluster(&url, 1, opts, err, errlen);
     struct bm_redis *c = calloc(1, sizeof *c);
     if (c == NULL) {
         bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
@@ -1054,6 +1095,36 @@ struct bm_redis *bm_redis_connect(const char *url, const struct bm_redis_opts *o
         return NULL;
     }
     return c;
+}
+
+struct bm_redis *bm_redis_connect_cluster(const char *const *seeds, size_t nseeds,
+                                          const struct bm_redis_opts *opts, char *err,
+                                          size_t errlen)
+{
+    struct bm_redis *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if ((c->cl = bm_cluster_open(seeds, nseeds, opts, err, errlen)) == NULL) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int bm_redis_each_master(struct bm_redis *c, int (*fn)(struct bm_redis *node, void *arg),
+                         void *arg)
+{
+    if (c->cl == NULL)
+        return fn(c, arg);
+    char msg[256];
+    return cluster_rc(c, bm_cluster_each_master(c->cl, fn, arg, msg, sizeof msg), msg);
+}
+
+bool bm_redis_is_cluster(const struct bm_redis *c)
+{
+    return c->cl != NULL;
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -1217,6 +1288,12 @@ int bm_redis_eval(struct bm_redis *c, const char *script, int nkeys, int argc,
         *reply = NULL;
     if (script == NULL)
         return set_err(c, BM_EINVAL, "EVAL: no script");
+    if (c->cl != NULL) {
+        /* Each node keeps its own script cache and NOSCRIPT retry. */
+        char msg[256];
+        return cluster_rc(c, bm_cluster_eval(c->cl, script, nkeys, argc, argv, argvlen, reply,
+                                             msg, sizeof msg), msg);
+    }
     struct script_entry *e = script_find(c, script);
     char sha[41];
     int rc;

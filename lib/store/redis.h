@@ -22,11 +22,20 @@
  * A command whose reply was lost returns the error; it is never re-sent
  * behind the caller's back.
  *
+ * Redis Cluster: a redis+cluster:// URL or bm_redis_connect_cluster gives a
+ * struct bm_redis that routes every command to the master of its key's slot
+ * over one connection per node (each as above: TLS, AUTH, limits,
+ * reconnect), following MOVED and ASK and retrying TRYAGAIN and CLUSTERDOWN;
+ * the functions below behave the same on both kinds. A command must touch
+ * one slot (hash tags); per-node commands (SCAN, FLUSHALL, ...) are refused
+ * and run through bm_redis_each_master instead.
+ *
  * Thread: a connection is used by one thread at a time; it has no locks.
  * Different connections are independent. */
 #ifndef BM_REDIS_H
 #define BM_REDIS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "store/transport.h"
@@ -104,6 +113,42 @@ void bm_redis_reply_free(struct bm_redis_reply *r);
  * the reason in err (nothing to free). Thread: any. */
 struct bm_redis *bm_redis_connect(const char *url, const struct bm_redis_opts *opts,
                                   char *err, size_t errlen);
+
+/* Connect to a Redis Cluster through 'nseeds' seed URLs: redis:// or
+ * rediss:// with one host each, or redis+cluster:// / rediss+cluster://
+ * with a comma-separated host list (redis+cluster://:pw@h1:7000,h2:7001).
+ * All seeds share one scheme and one set of credentials, which every node
+ * connection then uses with 'opts' (copied); the database must be 0. The
+ * slot map is read from the first seed that answers (CLUSTER SHARDS, or
+ * CLUSTER SLOTS before Redis 7). bm_redis_connect calls this for a
+ * redis+cluster:// or rediss+cluster:// URL.
+ * Returns the connection, owned by the caller (bm_redis_close), or NULL with
+ * the reason in err. Thread: any. */
+struct bm_redis *bm_redis_connect_cluster(const char *const *seeds, size_t nseeds,
+                                          const struct bm_redis_opts *opts, char *err,
+                                          size_t errlen);
+
+/* True when 'c' is a Redis Cluster connection. */
+bool bm_redis_is_cluster(const struct bm_redis *c);
+
+/* The Redis Cluster slot (0..16383) of a key: CRC16 of the key, or of its
+ * hash tag (the bytes between the first '{' and the next '}', if any). */
+unsigned bm_redis_key_slot(const void *key, size_t len);
+
+/* Call fn(node, arg) once per master: for one server, fn(c, arg); for a
+ * cluster, with each master's own connection (the slot map is refreshed
+ * first). For per-node commands such as SCAN or FLUSHALL. Stops at the
+ * first result other than BM_OK and returns it (with errstr naming the
+ * node). 'node' belongs to 'c': do not close it or keep it. Not allowed
+ * while pipelined replies are pending (BM_EINVAL). */
+int bm_redis_each_master(struct bm_redis *c, int (*fn)(struct bm_redis *node, void *arg),
+                         void *arg);
+
+/* Make sure the connection is open, reconnecting (with the usual attempts
+ * and backoff) when it is broken or the server closed it; nothing is sent.
+ * BM_OK, or the connect failure (BM_EIO, ...) with errstr set. A cluster
+ * connection opens nodes on demand: BM_OK. */
+int bm_redis_ensure(struct bm_redis *c);
 
 /* Close the connection and free it, with any buffered commands and unread
  * replies. Accepts NULL. */

@@ -20,5 +20,14 @@ struct bm_redis *bm_redis_connect_conf(const struct bm_conf *c, char *err, size_
 {
     struct bm_redis_opts o;
     bm_redis_opts_from_conf(&o, c);
-    return bm_redis_connect(c->redis.url, &o, err, errlen);
+    return bm_redis_connect_opts(c, &o, err, errlen);
+}
+
+struct bm_redis *bm_redis_connect_opts(const struct bm_conf *c, const struct bm_redis_opts *o,
+                                       char *err, size_t errlen)
+{
+    if (c->redis.cluster_n > 0)
+        return bm_redis_connect_cluster((const char *const *)c->redis.cluster,
+                                        c->redis.cluster_n, o, err, errlen);
+    return bm_redis_connect(c->redis.url, o, err, errlen);
 }

@@ -16,8 +16,14 @@
  * fields afterwards. Thread: any; 'c' is only read. */
 void bm_redis_opts_from_conf(struct bm_redis_opts *o, const struct bm_conf *c);
 
-/* bm_redis_connect(c->redis.url, options from 'c'). Returns the connection
- * (caller owns it; bm_redis_close) or NULL with the reason in err. */
+/* bm_redis_connect_opts(c, options from 'c'). */
 struct bm_redis *bm_redis_connect_conf(const struct bm_conf *c, char *err, size_t errlen);
+
+/* Connect where 'c' says, with options 'o': the redis.cluster seeds when
+ * the list is set (bm_redis_connect_cluster), else redis.url (which may be
+ * a redis+cluster:// URL). Returns the connection (caller owns it;
+ * bm_redis_close) or NULL with the reason in err. */
+struct bm_redis *bm_redis_connect_opts(const struct bm_conf *c, const struct bm_redis_opts *o,
+                                       char *err, size_t errlen);
 
 #endif /* BM_REDIS_CONF_H */

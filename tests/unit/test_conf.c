@@ -1,7 +1,7 @@
 /* conf: defaults, a full file, unknown keys with lines, wrong types, range
  * errors, environment precedence, the verbatim kafka: map (minus the
  * settings that would weaken acks=all and idempotence), topics.*, lists,
- * and redaction in the dump. */
+ * the Redis Cluster seeds, and redaction in the dump. */
 #include "testutil.h"
 
 #include "common/err.h"
@@ -360,6 +360,41 @@ static void test_kafka_durability(void **state)
     bm_conf_destroy(c);
 }
 
+/* redis.cluster: seed URLs from the file or the environment, checked,
+ * redacted in the dump; redis+cluster:// is a valid redis.url. */
+static void test_redis_cluster(void **state)
+{
+    (void)state;
+    const char *yaml = "redis:\n  cluster:\n    - redis://:s3cret@a:7000\n"
+                       "    - redis://:s3cret@b:7001\n";
+    struct bm_conf *c = parse(yaml);
+    if (c == NULL)
+        fail_msg("%s", err);
+    assert_int_equal(c->redis.cluster_n, 2);
+    assert_string_equal(c->redis.cluster[1], "redis://:s3cret@b:7001");
+    char *text = NULL;
+    assert_int_equal(bm_conf_dump(c, &text), BM_OK);
+    assert_null(strstr(text, "s3cret"));
+    assert_non_null(strstr(text, "\"redis://:[redacted]@a:7000\""));
+    free(text);
+    bm_conf_destroy(c);
+
+    const char *env[] = {"BIOMATCH_REDIS_CLUSTER=rediss://x:1, rediss://y:2",
+                         "BIOMATCH_REDIS_URL=redis+cluster://h:1,h:2", NULL};
+    c = parse_env(NULL, env);
+    if (c == NULL)
+        fail_msg("%s", err);
+    assert_int_equal(c->redis.cluster_n, 2);
+    assert_string_equal(c->redis.cluster[1], "rediss://y:2");
+    assert_string_equal(c->redis.url, "redis+cluster://h:1,h:2");
+    bm_conf_destroy(c);
+
+    expect_error("redis:\n  cluster: [http://a:1]\n", NULL,
+                 "'redis.cluster' entries must start with redis://");
+    const char *bad[] = {"BIOMATCH_REDIS_URL=cluster://h:1", NULL};
+    expect_error(NULL, bad, "redis.url must start with");
+}
+
 static void test_load_file(void **state)
 {
     (void)state;
@@ -396,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_dump_redacts),
         cmocka_unit_test(test_topics),
         cmocka_unit_test(test_kafka_durability),
+        cmocka_unit_test(test_redis_cluster),
         cmocka_unit_test(test_load_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
