@@ -18,29 +18,44 @@ static void subject(char *buf, size_t len, int i)
     snprintf(buf, len, "subj-%06d", i);
 }
 
+static int flushall_node(struct bm_redis *node, void *arg)
+{
+    (void)arg;
+    return bm_redis_cmd(node, NULL, "FLUSHALL", (char *)NULL);
+}
+
+/* Delete one node's keys that match the pattern 'arg' (SCAN is per node:
+ * on Redis Cluster this runs once per master). */
+static int delete_matching(struct bm_redis *node, void *arg)
+{
+    const char *pattern = arg;
+    char cursor[32] = "0";
+    do {
+        struct bm_redis_reply *r = NULL;
+        assert_int_equal(bm_redis_cmd(node, &r, "SCAN", cursor, "MATCH", pattern, "COUNT",
+                                      "1000", (char *)NULL),
+                         BM_OK);
+        assert_int_equal(r->type, BM_REDIS_ARRAY);
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            bm_redis_del(node, r->element[1]->element[i]->str, r->element[1]->element[i]->len);
+        bm_redis_reply_free(r);
+    } while (strcmp(cursor, "0") != 0);
+    return BM_OK;
+}
+
 /* Remove every key of the gallery, as a flush would. */
 static void flush_gallery(struct gt *g)
 {
     if (getenv("BIOMATCH_TEST_FLUSHALL") != NULL) {
-        assert_int_equal(bm_redis_cmd(g->redis, NULL, "FLUSHALL", (char *)NULL), BM_OK);
+        assert_int_equal(bm_redis_each_master(g->redis, flushall_node, NULL), BM_OK);
         return;
     }
     char pattern[BM_KEY_MAX], gkey[BM_KEY_MAX];
     snprintf(pattern, sizeof pattern, "bm:{%s:*", g->gallery);
     bm_key_gallery(gkey, sizeof gkey, g->gallery);
     assert_int_equal(bm_redis_del(g->redis, gkey, strlen(gkey)), BM_OK);
-    char cursor[32] = "0";
-    do {
-        struct bm_redis_reply *r = NULL;
-        assert_int_equal(bm_redis_cmd(g->redis, &r, "SCAN", cursor, "MATCH", pattern, "COUNT",
-                                      "1000", (char *)NULL),
-                         BM_OK);
-        assert_int_equal(r->type, BM_REDIS_ARRAY);
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
-        for (size_t i = 0; i < r->element[1]->elements; i++)
-            bm_redis_del(g->redis, r->element[1]->element[i]->str, r->element[1]->element[i]->len);
-        bm_redis_reply_free(r);
-    } while (strcmp(cursor, "0") != 0);
+    assert_int_equal(bm_redis_each_master(g->redis, delete_matching, pattern), BM_OK);
 }
 
 static int deleted(int i)

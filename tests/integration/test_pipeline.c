@@ -33,7 +33,13 @@
  * the SIGTERMed worker exits 0. Every wait is bounded; every child is
  * killed in the teardown even when an assertion fails (pids are tracked,
  * nothing is killed by name). Times are printed, never asserted.
- * BIOMATCH_BIN_DIR overrides where the programs are (default: ../bin next
+ * With BIOMATCH_TEST_REDIS_FAILOVER=1 (the cluster.test_pipeline_failover
+ * CTest, on the Redis Cluster fixture) the stream also survives Redis
+ * faults: a CLUSTER FAILOVER of the master holding shard 0's keys, then a
+ * SIGKILL of the master holding shard 1's keys (started again later), while
+ * a second gallery takes enrollments throughout; every one of those must
+ * land (manifests and a full load count them all), on top of every check
+ * above. BIOMATCH_BIN_DIR overrides where the programs are (default: ../bin next
  * to the test binary); BIOMATCH_TEST_PIPELINE_LOG sets the children's log
  * level (default warn; their logs are /tmp/<unique>-<node>.log, removed
  * when the test passes). */
@@ -54,6 +60,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "redis_cluster_util.h"
 
 #include "biomatch.pb-c.h"
 #include "bus/bus.h"
@@ -154,6 +161,10 @@ static struct tally tallies[MAX_PROCS];
 static size_t ntallies;
 static size_t dup_partials;            /* (job, shard) answered more than once */
 static int passed;                     /* the test got to its end: drop the logs */
+static int failover;                   /* BIOMATCH_TEST_REDIS_FAILOVER: Redis faults */
+#define NSUBJ2 (NJOBS * 4)              /* failover: enrollments during the stream */
+static char gallery2[64], t_gallery2[BM_TOPIC_MAX], t_tasks2[BM_TOPIC_MAX];
+static Biomatch__V1__GalleryDefinition *def2;
 
 /* ------------------------------------------------------------ helpers */
 
@@ -385,6 +396,9 @@ static void make_names(void)
     assert_int_equal(bm_topic_name(t_dlq, sizeof t_dlq, prefix, BM_TOPIC_DLQ), 0);
     assert_int_equal(bm_topic_gallery(t_gallery, sizeof t_gallery, prefix, gallery), 0);
     assert_int_equal(bm_topic_tasks(t_tasks, sizeof t_tasks, prefix, gallery), 0);
+    snprintf(gallery2, sizeof gallery2, "q%s", gallery + 1);
+    assert_int_equal(bm_topic_gallery(t_gallery2, sizeof t_gallery2, prefix, gallery2), 0);
+    assert_int_equal(bm_topic_tasks(t_tasks2, sizeof t_tasks2, prefix, gallery2), 0);
     /* Outside the prefix: intake refuses replies into its own topics. */
     snprintf(t_replies, sizeof t_replies, "%s-replies", uniq);
 }
@@ -402,6 +416,12 @@ static void make_gallery_and_topics(void)
         fail_msg("galdef: %s", err);
     if (bm_galdef_put(redis, def, NULL, err, sizeof err) != BM_OK)
         fail_msg("galdef put: %s", err);
+    def2 = bm_galdef_from_spec(gallery2, BIOMATCH__V1__MODALITY__MODALITY_FACE, &spec, S, 1, err,
+                               sizeof err);
+    if (def2 == NULL)
+        fail_msg("galdef: %s", err);
+    if (failover && bm_galdef_put(redis, def2, NULL, err, sizeof err) != BM_OK)
+        fail_msg("galdef put: %s", err);
 
     struct bm_bus_conf c = bus_conf();
     struct bm_admin *a = bm_admin_new(&c, err, sizeof err);
@@ -413,8 +433,10 @@ static void make_gallery_and_topics(void)
         {t_audit, 1, -1, NULL, 0},    {t_dlq, 1, -1, NULL, 0},
         {t_gallery, S, -1, compact, 1}, {t_tasks, S * R, -1, NULL, 0},
         {t_replies, 2, -1, NULL, 0},
+        {t_gallery2, S, -1, compact, 1}, {t_tasks2, S, -1, NULL, 0},
     };
-    if (bm_admin_create_topics(a, t, sizeof t / sizeof t[0], 30000, err, sizeof err) != BM_OK)
+    size_t nt = sizeof t / sizeof t[0] - (failover ? 0 : 2);
+    if (bm_admin_create_topics(a, t, nt, 30000, err, sizeof err) != BM_OK)
         fail_msg("create topics: %s", err);
     bm_admin_free(a);
 }
@@ -439,6 +461,35 @@ static void write_config(void)
     fclose(f);
 }
 
+/* One upsert of subject 'sid' with vector 'v' into gallery 'g'. */
+static void enroll_one(const char *g, const char *sid, long i, const float *v)
+{
+    char rid[64];
+    snprintf(rid, sizeof rid, "enroll-%s-%ld", g == gallery ? "p" : "q", i);
+    Biomatch__V1__EnrollRequest req = BIOMATCH__V1__ENROLL_REQUEST__INIT;
+    Biomatch__V1__Template t = BIOMATCH__V1__TEMPLATE__INIT;
+    Biomatch__V1__DenseEmbedding d = BIOMATCH__V1__DENSE_EMBEDDING__INIT;
+    d.dim = DIM;
+    d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
+    d.data.data = (uint8_t *)v;
+    d.data.len = DIM * sizeof *v;
+    t.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
+    t.kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
+    t.dense = &d;
+    req.request_id = rid;
+    req.agency = (char *)"pipeline-test";
+    req.gallery = (char *)g;
+    req.op = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT;
+    req.subject_id = (char *)sid;
+    req.template_ = &t;
+    req.submitted_unix_ms = wall_ms();
+    size_t len = 0;
+    uint8_t *buf = bm_wire_encode(&req.base, &len);
+    assert_non_null(buf);
+    send_rec(t_enroll, sid, buf, len, NULL);
+    free(buf);
+}
+
 static void enroll_all(void)
 {
     vecs = calloc(NSUBJ, sizeof *vecs);
@@ -446,43 +497,32 @@ static void enroll_all(void)
     for (long i = 0; i < NSUBJ; i++) {
         for (int d = 0; d < DIM; d++)
             vecs[i][d] = frand();
-        char sid[32], rid[48];
+        char sid[32];
         subject_id(sid, sizeof sid, i);
-        snprintf(rid, sizeof rid, "enroll-%ld", i);
-        Biomatch__V1__EnrollRequest req = BIOMATCH__V1__ENROLL_REQUEST__INIT;
-        Biomatch__V1__Template t = BIOMATCH__V1__TEMPLATE__INIT;
-        Biomatch__V1__DenseEmbedding d = BIOMATCH__V1__DENSE_EMBEDDING__INIT;
-        d.dim = DIM;
-        d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
-        d.data.data = (uint8_t *)vecs[i];
-        d.data.len = sizeof vecs[i];
-        t.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
-        t.kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
-        t.dense = &d;
-        req.request_id = rid;
-        req.agency = (char *)"pipeline-test";
-        req.gallery = gallery;
-        req.op = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT;
-        req.subject_id = sid;
-        req.template_ = &t;
-        req.submitted_unix_ms = wall_ms();
-        size_t len = 0;
-        uint8_t *buf = bm_wire_encode(&req.base, &len);
-        assert_non_null(buf);
-        send_rec(t_enroll, sid, buf, len, NULL);
-        free(buf);
+        enroll_one(gallery, sid, i, vecs[i]);
     }
     assert_int_equal(bm_producer_flush(producer, 60000), BM_OK);
     assert_int_equal(send_failed, 0);
 }
 
-/* Sum of the manifests' subject counts, -1 when one is missing. */
-static long manifest_subjects(void)
+/* Failover: subject i of the second gallery (its vector is never searched). */
+static void enroll_second(long i)
+{
+    float v[DIM];
+    char sid[32];
+    for (int d = 0; d < DIM; d++)
+        v[d] = frand();
+    snprintf(sid, sizeof sid, "late-%05ld", i);
+    enroll_one(gallery2, sid, i, v);
+}
+
+/* Sum of gallery g's manifests' subject counts, -1 when one is missing. */
+static long manifest_subjects(const char *g)
 {
     long total = 0;
     for (uint32_t s = 0; s < S; s++) {
         char key[BM_KEY_MAX], err[256];
-        bm_key_manifest(key, sizeof key, gallery, s);
+        bm_key_manifest(key, sizeof key, g, s);
         void *val = NULL;
         size_t len = 0;
         if (bm_redis_get(redis, key, strlen(key), &val, &len) != BM_OK)
@@ -505,7 +545,7 @@ static void wait_sealed(struct proc *coord)
     while (bm_test_now_ms() < end) {
         reap();
         check_running(coord);
-        have = manifest_subjects();
+        have = manifest_subjects(gallery);
         if (have == NSUBJ)
             return;
         sleep_ms(200);
@@ -1105,6 +1145,59 @@ static void check_dlq(const struct job *j, const char *code)
         fail_msg("%s: dlq error '%s', want %s", j->id, j->dlq_error, code);
 }
 
+/* ------------------------------------------------------------ Redis faults */
+
+static unsigned shard_slot(uint32_t shard)
+{
+    char key[BM_KEY_MAX];
+    bm_key_manifest(key, sizeof key, gallery, shard);
+    return bm_redis_key_slot(key, strlen(key));
+}
+
+/* At fixed points of the stream: a planned failover of shard 0's master,
+ * a SIGKILL of shard 1's master, and that node's restart. */
+static struct rc_killed killed;
+
+static void redis_faults(size_t i)
+{
+    if (i == 60) {
+        rc_failover(redis, shard_slot(0));
+    } else if (i == 180) {
+        killed = rc_kill_master(redis, shard_slot(1));
+    } else if (i == 260) {
+        rc_wait_slot_served(redis, shard_slot(1));
+        rc_restart(&killed);
+    }
+}
+
+/* Every enrollment sent during the faults landed: the manifests count them
+ * all and a full load of each shard (every segment's digest checked)
+ * holds them all. */
+static void check_second_gallery(struct proc *coord)
+{
+    int64_t end = bm_test_now_ms() + WAIT_MS;
+    long have = -1;
+    while (bm_test_now_ms() < end && (have = manifest_subjects(gallery2)) != NSUBJ2) {
+        check_running(coord);
+        sleep_ms(200);
+    }
+    if (have != NSUBJ2)
+        fail_msg("second gallery: manifests cover %ld subjects, want %d", have, NSUBJ2);
+    size_t total = 0;
+    for (uint32_t s = 0; s < S; s++) {
+        char err[512];
+        int rc = 0;
+        struct bm_shard *sh = bm_shard_load(redis, def2, s, NULL, &rc, err, sizeof err);
+        if (sh == NULL)
+            fail_msg("second gallery: load shard %u: %s (%d)", s, err, rc);
+        total += bm_gallery_count(bm_shard_gallery(sh));
+        bm_shard_free(sh);
+    }
+    assert_int_equal(total, NSUBJ2);
+    printf("# second gallery: all %d enrollments sent during the Redis faults are stored\n",
+           NSUBJ2);
+}
+
 /* ------------------------------------------------------------ test */
 
 static int setup(void **state)
@@ -1113,6 +1206,7 @@ static int setup(void **state)
     char err[512];
     brokers = bm_test_env("BIOMATCH_KAFKA_BROKERS");
     redis_url = bm_test_env("BIOMATCH_REDIS_URL");
+    failover = getenv("BIOMATCH_TEST_REDIS_FAILOVER") != NULL;
     find_bindir();
     check_bins();
     assert_int_equal(bm_simd_force(BM_SIMD_SCALAR), BM_OK);
@@ -1126,6 +1220,8 @@ static int setup(void **state)
     redis = bm_redis_connect(redis_url, NULL, err, sizeof err);
     if (redis == NULL)
         fail_msg("redis: %s", err);
+    if (failover && !bm_redis_is_cluster(redis))
+        fail_msg("BIOMATCH_TEST_REDIS_FAILOVER needs a Redis Cluster URL, not %s", redis_url);
     struct bm_bus_conf c = bus_conf();
     producer = bm_producer_new(&c, err, sizeof err);
     assert_non_null(producer);
@@ -1148,6 +1244,7 @@ static int teardown(void **state)
     for (int s = 0; s < S; s++)
         bm_shard_free(ref[s]);
     bm_galdef_free(def);
+    bm_galdef_free(def2);
     bm_redis_close(redis);
     free(vecs);
     if (config_path[0] != '\0')
@@ -1204,6 +1301,10 @@ static void test_pipeline(void **state)
             pump(500);
             coord = spawn("biomatch-coordinator", "coord-2");
         }
+        if (failover)
+            redis_faults(i);
+        for (long e = 0; failover && e < NSUBJ2 / NJOBS; e++)
+            enroll_second((long)i * (NSUBJ2 / NJOBS) + e);
         send_job(&jobs[i]);
         pump(pace);
     }
@@ -1310,6 +1411,8 @@ static void test_pipeline(void **state)
     check_running(w3);
     check_running(w4);
     check_running(coord);
+    if (failover)
+        check_second_gallery(coord);
     passed = 1;
 }
 
