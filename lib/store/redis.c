@@ -1113,8 +1113,7 @@ struct bm_redis *bm_redis_connect_cluster(const char *const *seeds, size_t nseed
     return c;
 }
 
-int bm_redis_each_master(struct bm_redis *c, int (*fn)(struct bm_redis *node, void *arg),
-                         void *arg)
+int bm_redis_each_master(struct bm_redis *c, bm_redis_node_fn fn, void *arg)
 {
     if (c->cl == NULL)
         return fn(c, arg);

@@ -135,14 +135,19 @@ bool bm_redis_is_cluster(const struct bm_redis *c);
  * hash tag (the bytes between the first '{' and the next '}', if any). */
 unsigned bm_redis_key_slot(const void *key, size_t len);
 
+/* What bm_redis_each_master calls for each master: 'node' is that master's
+ * own connection and belongs to the connection given to
+ * bm_redis_each_master (use it during the call only; never close it).
+ * Return BM_OK to go on, anything else to stop. */
+typedef int (*bm_redis_node_fn)(struct bm_redis *node, void *arg);
+
 /* Call fn(node, arg) once per master: for one server, fn(c, arg); for a
- * cluster, with each master's own connection (the slot map is refreshed
- * first). For per-node commands such as SCAN or FLUSHALL. Stops at the
- * first result other than BM_OK and returns it (with errstr naming the
- * node). 'node' belongs to 'c': do not close it or keep it. Not allowed
- * while pipelined replies are pending (BM_EINVAL). */
-int bm_redis_each_master(struct bm_redis *c, int (*fn)(struct bm_redis *node, void *arg),
-                         void *arg);
+ * cluster, with each master's own connection, after refreshing the slot map
+ * and connecting to every master (if one cannot be reached, BM_EIO and fn
+ * is never called). For per-node commands such as SCAN or FLUSHALL. Stops
+ * at the first result of fn other than BM_OK and returns it (errstr names
+ * the node). Not allowed while pipelined replies are pending (BM_EINVAL). */
+int bm_redis_each_master(struct bm_redis *c, bm_redis_node_fn fn, void *arg);
 
 /* Make sure the connection is open, reconnecting (with the usual attempts
  * and backoff) when it is broken or the server closed it; nothing is sent.

@@ -822,8 +822,8 @@ void bm_cluster_recycle(struct bm_cluster *cl, struct bm_redis_reply *r)
         bm_redis_reply_free(r);
 }
 
-int bm_cluster_each_master(struct bm_cluster *cl, int (*fn)(struct bm_redis *node, void *arg),
-                           void *arg, char *err, size_t errlen)
+int bm_cluster_each_master(struct bm_cluster *cl, bm_redis_node_fn fn, void *arg, char *err,
+                           size_t errlen)
 {
     if (cl->qlen > 0)
         return bm_seterr(err, errlen, BM_EINVAL, "%zu pipelined replies still pending",
@@ -831,12 +831,15 @@ int bm_cluster_each_master(struct bm_cluster *cl, int (*fn)(struct bm_redis *nod
     int rc = refresh(cl, err, errlen);
     if (rc != BM_OK)
         return rc;
+    /* Every master reachable first, so a failure never leaves fn run on
+     * only some of them. */
+    for (size_t i = 0; i < cl->nnodes; i++)
+        if (cl->nodes[i].master && node_conn(cl, (int)i, err, errlen) == NULL)
+            return BM_EIO;
     for (size_t i = 0; i < cl->nnodes; i++) {
         if (!cl->nodes[i].master)
             continue;
-        struct bm_redis *c = node_conn(cl, (int)i, err, errlen);
-        if (c == NULL)
-            return BM_EIO;
+        struct bm_redis *c = cl->nodes[i].conn;
         if ((rc = fn(c, arg)) != BM_OK)
             return bm_seterr(err, errlen, rc, "%s:%d: %s", cl->nodes[i].host,
                              cl->nodes[i].port, bm_redis_errstr(c));

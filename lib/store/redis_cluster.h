@@ -51,10 +51,9 @@ int bm_cluster_eval(struct bm_cluster *cl, const char *script, int nkeys, int ar
                     struct bm_redis_reply **reply, char *err, size_t errlen);
 void bm_cluster_recycle(struct bm_cluster *cl, struct bm_redis_reply *r);
 
-/* Call fn(node, arg) for the connection of each master in the slot map
- * (refreshed first), stopping at the first result other than BM_OK, which
- * is returned. A master that cannot be reached is BM_EIO with err set. */
-int bm_cluster_each_master(struct bm_cluster *cl, int (*fn)(struct bm_redis *node, void *arg),
-                           void *arg, char *err, size_t errlen);
+/* bm_redis_each_master for a cluster (see redis.h), with the reason of a
+ * failure in err. */
+int bm_cluster_each_master(struct bm_cluster *cl, bm_redis_node_fn fn, void *arg, char *err,
+                           size_t errlen);
 
 #endif /* BM_REDIS_CLUSTER_H */

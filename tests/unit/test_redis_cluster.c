@@ -452,6 +452,13 @@ static void get_is(struct bm_redis *c, const char *k, const char *want)
 
 /* ---- tests ---- */
 
+/* bm_redis_each_master callback: PING the node and count it. */
+static int ping_count(struct bm_redis *node, void *arg)
+{
+    (*(int *)arg)++;
+    return bm_redis_ping(node);
+}
+
 static void test_key_slot(void **state)
 {
     (void)state;
@@ -493,6 +500,13 @@ static void test_routing_and_auth(void **state)
     assert_non_null(strstr(bm_redis_errstr(c), "different Redis Cluster slots"));
     assert_int_equal(bm_redis_cmd(c, NULL, "SCAN", "0", (const char *)NULL), BM_EINVAL);
     assert_int_equal(bm_redis_ping(c), BM_OK);
+    /* Per-node work reaches each of the three masters once, not node 3. */
+    int masters = 0;
+    int pings = fc.node[0].commands + fc.node[1].commands + fc.node[2].commands;
+    assert_int_equal(bm_redis_each_master(c, ping_count, &masters), BM_OK);
+    assert_int_equal(masters, 3);
+    assert_true(fc.node[0].commands + fc.node[1].commands + fc.node[2].commands >= pings + 3);
+    assert_int_equal(fc.node[3].dials, 0);
     bm_redis_close(c);
     fc_free(&fc);
 }
