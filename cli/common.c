@@ -4,6 +4,7 @@
  * Invariant: a subcommand never sees a flag it did not declare; an unknown
  * flag or a missing argument stops the command with a message naming it. */
 #include "cli.h"
+#include "obs/log.h"
 #include "store/redis_conf.h"
 
 #include <errno.h>
@@ -171,5 +172,10 @@ int cli_bus_conf(const struct cli_common *c, struct bm_bus_conf *bc, struct bm_b
     }
     bc->props = props;
     bc->nprops = c->conf->kafka_n;
+    /* librdkafka's lines (a broker it cannot reach, say) only at debug:
+     * each command reports its own failure in one sentence. */
+    static enum bm_log_level kafka_cap = BM_LOG_DEBUG;
+    bc->log = bm_log_kafka;
+    bc->log_opaque = &kafka_cap;
     return 0;
 }

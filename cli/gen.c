@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "irisfile.h"
 #include "npy.h"
+#include "wire/template.h"
 
 struct rng {
     uint64_t s;
@@ -54,6 +55,18 @@ static double normal(struct rng *r)
     if (u1 < 1e-300)
         u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Whether the next probe is mated, 'left' probes (this one included) still
+ * to go, so that exactly the requested number of probes are mated in the
+ * end: selection sampling (mated with probability still-wanted / left),
+ * which places them at random. */
+static int pick_mated(struct rng *r, uint32_t *wanted, uint32_t left)
+{
+    if (uniform(r) * left >= *wanted)
+        return 0;
+    (*wanted)--;
+    return 1;
 }
 
 static int write_text(const char *path, const char *prefix, uint32_t count)
@@ -110,9 +123,9 @@ int cli_gen(int argc, char **argv)
     const struct cli_opt opts[] = {
         { "--modality", "face|iris", &modality, "dense embeddings (face) or iris codes (default face)" },
         { "--count", "N", &count_s, "gallery subjects (default 1000)" },
-        { "--dim", "D", &dim_s, "dense: dimension (default 512)" },
+        { "--dim", "D", &dim_s, "dense: dimension, 64..4096 as galleries take (default 512)" },
         { "--probes", "P", &probes_s, "probes (default 100)" },
-        { "--mated", "F", &mated_s, "fraction of probes with a mate in the gallery (default 0.5)" },
+        { "--mated", "F", &mated_s, "fraction of probes with a mate in the gallery, exact: round(F x probes) (default 0.5)" },
         { "--seed", "S", &seed_s, "random seed (default 1)" },
         { "--out", "DIR", &out, "output directory, created if missing (required)" },
         { "--noise", "SIGMA", &noise_s, "dense: mate noise per element (default 0.5)" },
@@ -161,7 +174,7 @@ int cli_gen(int argc, char **argv)
             fprintf(stderr, "biomatch: iris geometry %ux%ux%ux%u is invalid\n", f, rows, cols, bits);
             return 2;
         }
-    } else if (cli_u32("--dim", dim_s, 1, 65536, &dim)) {
+    } else if (cli_u32("--dim", dim_s, BM_WIRE_MIN_DIM, BM_WIRE_MAX_DIM, &dim)) {
         return 2;
     }
     if (mkdir(out, 0777) != 0 && errno != EEXIST) {
@@ -170,6 +183,7 @@ int cli_gen(int argc, char **argv)
     }
     char path[4096], err[512];
     struct rng r = { seed };
+    uint32_t wanted = (uint32_t)llround(mated * probes);
     int ret = 1;
     uint32_t *mate = malloc(((size_t)probes + 1) * sizeof *mate);
     float *g = NULL, *pv = NULL;
@@ -187,7 +201,7 @@ int cli_gen(int argc, char **argv)
         for (size_t i = 0; i < (size_t)count * dim; i++)
             g[i] = (float)normal(&r);
         for (uint32_t q = 0; q < probes; q++) {
-            int is_mated = uniform(&r) < mated;
+            int is_mated = pick_mated(&r, &wanted, probes - q);
             mate[q] = is_mated ? (uint32_t)below(&r, count) : UINT32_MAX;
             for (uint32_t d = 0; d < dim; d++) {
                 double base = is_mated ? g[(size_t)mate[q] * dim + d] : 0.0;
@@ -223,7 +237,7 @@ int cli_gen(int argc, char **argv)
         }
         for (uint32_t q = 0; q < probes; q++) {
             uint8_t *c = pc + (size_t)q * cb, *m = pm + (size_t)q * cb;
-            int is_mated = uniform(&r) < mated;
+            int is_mated = pick_mated(&r, &wanted, probes - q);
             mate[q] = is_mated ? (uint32_t)below(&r, count) : UINT32_MAX;
             if (is_mated) {
                 int s = (int)below(&r, 2ull * maxshift + 1) - (int)maxshift;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "obs/log.h"
 
 static void usage(FILE *f)
 {
@@ -39,6 +40,9 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    /* The component of any JSON log line, and BIOMATCH_LOG_LEVEL=debug to
+     * see librdkafka's own lines (cli_bus_conf). */
+    (void)bm_log_init("cli");
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;

@@ -1,13 +1,12 @@
 /* Client side of the match pipeline (see matchjob.h): job records out,
  * positioned readers in, results rendered.
  *
- * The reader asks the broker for each partition's high watermark through
- * a short-lived librdkafka handle (the bus wrappers keep offsets symbolic)
- * and then assigns the bus consumer to those exact numbers, so "from the
- * end" means "after everything that existed when the reader opened". */
+ * The reader asks the broker for each partition's high watermark
+ * (bm_consumer_watermarks) and then assigns its consumer to those exact
+ * numbers, so "from the end" means "after everything that existed when the
+ * reader opened". */
 #include "matchjob.h"
 
-#include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,86 +161,49 @@ struct cli_reader {
     struct bm_consumer *c;
 };
 
-/* The start offset of every partition of 'topic': its high watermark, or
- * BM_OFFSET_BEGINNING. On BM_OK *tps is malloc'd (topic names borrowed
- * from 'topic'). */
-static int start_offsets(const struct bm_bus_conf *bc, const char *topic, int from_beginning,
-                         int timeout_ms, struct bm_bus_tp **tps, size_t *n, char *err,
-                         size_t errlen)
+/* The start offset of every partition of 'topic' for reader 'c': its high
+ * watermark, or BM_OFFSET_BEGINNING. Everything is bounded by 'deadline'
+ * (monotonic ms). On BM_OK *tps is malloc'd (topic names borrowed from
+ * 'topic'). */
+static int start_offsets(const struct bm_bus_conf *bc, struct bm_consumer *c, const char *topic,
+                         int from_beginning, int64_t deadline, struct bm_bus_tp **tps,
+                         size_t *n, char *err, size_t errlen)
 {
-    char e[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bc->bootstrap_servers, e, sizeof e) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return bm_seterr(err, errlen, BM_EINVAL, "bootstrap.servers: %s", e);
-    }
-    rd_kafka_conf_set(conf, "client.id", "biomatch-cli-offsets", NULL, 0);
-    for (size_t i = 0; i < bc->nprops; i++) {
-        if (rd_kafka_conf_set(conf, bc->props[i].key, bc->props[i].value, e, sizeof e) !=
-            RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(conf);
-            return bm_seterr(err, errlen, BM_EINVAL, "kafka property %s: %s", bc->props[i].key,
-                             e);
-        }
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return bm_seterr(err, errlen, BM_EKAFKA, "kafka client: %s", e);
-    }
-    int rc = BM_OK;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    const struct rd_kafka_metadata *md = NULL;
-    int64_t deadline = bm_mono_ms() + timeout_ms;
-    int parts = 0;
+    struct bm_admin *a = bm_admin_new(bc, err, errlen);
+    if (a == NULL)
+        return BM_EKAFKA;
+    int parts = 0, rc;
     /* A topic created a moment ago may take a little while to show up. */
     for (;;) {
-        rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
-        if (ke == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 &&
-            md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topics[0].partition_cnt > 0) {
-            parts = md->topics[0].partition_cnt;
+        int64_t left = deadline - bm_mono_ms();
+        rc = bm_admin_topic_partitions(a, topic, left > 1 ? (int)left : 1, &parts, err, errlen);
+        if (rc == BM_OK || (rc != BM_ENOTFOUND && rc != BM_ETIMEDOUT) ||
+            bm_mono_ms() >= deadline)
             break;
-        }
-        const char *why = ke != RD_KAFKA_RESP_ERR_NO_ERROR ? rd_kafka_err2str(ke)
-                          : md->topic_cnt != 1             ? "no metadata"
-                                                           : rd_kafka_err2str(md->topics[0].err);
-        if (md != NULL)
-            rd_kafka_metadata_destroy(md);
-        md = NULL;
-        if (bm_mono_ms() >= deadline) {
-            rc = bm_seterr(err, errlen, BM_ENOTFOUND, "topic %s: %s", topic, why);
-            break;
-        }
         usleep(100 * 1000);
     }
-    if (md != NULL)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(rkt);
-    struct bm_bus_tp *v = NULL;
-    if (rc == BM_OK) {
-        v = calloc((size_t)parts, sizeof *v);
-        if (v == NULL)
-            rc = bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
-    }
-    for (int i = 0; rc == BM_OK && i < parts; i++) {
+    bm_admin_free(a);
+    if (rc == BM_OK && parts <= 0)
+        rc = bm_seterr(err, errlen, BM_ENOTFOUND, "topic %s has no partitions", topic);
+    if (rc != BM_OK)
+        return rc;
+    struct bm_bus_tp *v = calloc((size_t)parts, sizeof *v);
+    if (v == NULL)
+        return bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
+    for (int i = 0; i < parts; i++) {
         v[i].topic = topic;
         v[i].partition = i;
         v[i].offset = BM_OFFSET_BEGINNING;
         if (from_beginning)
             continue;
-        int64_t lo = 0, hi = 0;
-        rd_kafka_resp_err_t ke =
-            rd_kafka_query_watermark_offsets(rk, topic, i, &lo, &hi, timeout_ms);
-        if (ke != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = bm_seterr(err, errlen, BM_EKAFKA, "watermarks of %s [%d]: %s", topic, i,
-                           rd_kafka_err2str(ke));
+        int64_t lo = 0, hi = 0, left = deadline - bm_mono_ms();
+        rc = bm_consumer_watermarks(c, topic, i, left > 1 ? (int)left : 1, &lo, &hi, err,
+                                    errlen);
+        if (rc != BM_OK) {
+            free(v);
+            return rc;
+        }
         v[i].offset = hi;
-    }
-    rd_kafka_destroy(rk);
-    if (rc != BM_OK) {
-        free(v);
-        return rc;
     }
     *tps = v;
     *n = (size_t)parts;
@@ -252,18 +214,18 @@ struct cli_reader *cli_reader_open(const struct bm_bus_conf *bc, const char *top
                                    int from_beginning, int timeout_ms, char *err,
                                    size_t errlen)
 {
-    struct bm_bus_tp *tps = NULL;
-    size_t n = 0;
-    if (start_offsets(bc, topic, from_beginning, timeout_ms, &tps, &n, err, errlen) != BM_OK)
-        return NULL;
+    int64_t deadline = bm_mono_ms() + timeout_ms;
     struct cli_reader *r = calloc(1, sizeof *r);
     if (r == NULL) {
-        free(tps);
         bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
         return NULL;
     }
+    struct bm_bus_tp *tps = NULL;
+    size_t n = 0;
     r->c = bm_consumer_new(bc, NULL, NULL, NULL, err, errlen);
-    if (r->c == NULL || bm_consumer_assign(r->c, tps, n, err, errlen) != BM_OK) {
+    if (r->c == NULL ||
+        start_offsets(bc, r->c, topic, from_beginning, deadline, &tps, &n, err, errlen) != BM_OK ||
+        bm_consumer_assign(r->c, tps, n, err, errlen) != BM_OK) {
         free(tps);
         cli_reader_free(r);
         return NULL;

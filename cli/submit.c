@@ -4,8 +4,10 @@
  *
  * Invariant: with --wait the reply reader is positioned at the reply
  * topic's high watermarks before the first job is produced (matchjob.h),
- * so a result can never slip past us however fast the cluster answers; the
- * wait itself is bounded (--timeout-ms, default the job deadline + 10 s).
+ * so a result can never slip past us however fast the cluster answers. The
+ * whole command is bounded by --timeout-ms (default the job deadline +
+ * 10 s, or 30 s): opening the reader, delivering the jobs and waiting all
+ * share that one budget, so an unreachable broker costs exactly it.
  * Exit status: 0 when every job was delivered and (with --wait) every
  * result arrived with status OK or PARTIAL; 1 otherwise; 2 usage error. */
 #include <cjson/cJSON.h>
@@ -20,9 +22,15 @@
 #include "matchjob.h"
 #include "npy.h"
 #include "wire/decode.h"
+#include "wire/job.h"
 
-#define FLUSH_MS 30000
-#define READER_OPEN_MS 15000
+/* What is left of the command's budget that ends at 'end' (monotonic ms),
+ * at least 1 ms so a call that takes a timeout still looks once. */
+static int left_ms(int64_t end)
+{
+    int64_t left = end - bm_mono_ms();
+    return left > 1 ? (int)left : 1;
+}
 
 struct sent {
     char id[160];
@@ -117,7 +125,7 @@ int cli_submit(int argc, char **argv)
         { "--agency", "NAME", &agency, "submitting agency (default $BIOMATCH_AGENCY or \"cli\")" },
         { "--reply-topic", "TOPIC", &reply, "where the result goes (default the results topic)" },
         { "--wait", NULL, &wait, "wait for the result(s) and print them" },
-        { "--timeout-ms", "MS", &timeout_s, "--wait bound (default deadline + 10 s, or 30 s)" },
+        { "--timeout-ms", "MS", &timeout_s, "bound on the whole command: connect, deliver, --wait (default deadline + 10 s, or 30 s)" },
         { "--json", NULL, &json, "print JSON (one object per line) instead of a table" },
         { "--sign-key", "FILE", &signkey, "sign each job with this Ed25519 private key (PEM)" },
         { "--key-id", "ID", &keyid, "the key's id in the policy file (with --sign-key)" },
@@ -138,7 +146,11 @@ int cli_submit(int argc, char **argv)
     uint64_t minver = 0;
     double thr = 0;
     Biomatch__V1__Modality mod = BIOMATCH__V1__MODALITY__MODALITY_IRIS;
-    if (cli_u32("--top-k", topk_s, 1, 100000, &topk) ||
+    /* The coordinator's default limit; a deployment that raises it can
+     * still be reached with a hand-built job. */
+    struct bm_wire_limits limits;
+    bm_wire_limits_default(&limits);
+    if (cli_u32("--top-k", topk_s, 1, limits.max_top_k, &topk) ||
         (row_s && cli_u32("--row", row_s, 0, UINT32_MAX - 1, &row)) ||
         (thr_s && cli_double("--threshold", thr_s, -1, 1, &thr)) ||
         (deadline_s && cli_u32("--deadline-ms", deadline_s, 1, 3600000, &deadline)) ||
@@ -159,6 +171,7 @@ int cli_submit(int argc, char **argv)
         agency = "cli";
     if (timeout == 0)
         timeout = deadline ? deadline + 10000 : 30000;
+    int64_t end = bm_mono_ms() + timeout;
 
     char err[512];
     int ret = 1;
@@ -242,9 +255,10 @@ int cli_submit(int argc, char **argv)
     }
     const char *reply_topic = reply != NULL ? reply : results_topic;
     if (wait) {
-        rd = cli_reader_open(&bc, reply_topic, 0, READER_OPEN_MS, err, sizeof err);
+        rd = cli_reader_open(&bc, reply_topic, 0, left_ms(end), err, sizeof err);
         if (rd == NULL) {
-            fprintf(stderr, "biomatch: reply topic: %s\n", err);
+            fprintf(stderr, "biomatch: reply topic %s: %s (brokers %s, --timeout-ms %u)\n",
+                    reply_topic, err, bc.bootstrap_servers, timeout);
             goto out;
         }
     }
@@ -288,9 +302,9 @@ int cli_submit(int argc, char **argv)
         }
         bm_producer_poll(pr, 0);
     }
-    if (bm_producer_flush(pr, FLUSH_MS) != BM_OK)
-        fprintf(stderr, "biomatch: %d job(s) undelivered after %d s\n",
-                bm_producer_outstanding(pr), FLUSH_MS / 1000);
+    if (bm_producer_flush(pr, left_ms(end)) != BM_OK)
+        fprintf(stderr, "biomatch: %d job(s) not delivered within --timeout-ms %u (is the broker at %s up?)\n",
+                bm_producer_outstanding(pr), timeout, bc.bootstrap_servers);
     size_t delivered = 0;
     for (size_t j = 0; j < njobs; j++)
         delivered += s[j].delivered == 1;
@@ -305,7 +319,7 @@ int cli_submit(int argc, char **argv)
         ret = delivered == njobs && njobs > 0 ? 0 : 1;
         goto out;
     }
-    size_t got = await_results(rd, s, njobs, (int)timeout);
+    size_t got = await_results(rd, s, njobs, left_ms(end));
     int bad = 0;
     for (size_t j = 0; j < njobs; j++) {
         if (s[j].result == NULL) {

@@ -11,6 +11,7 @@
 
 #include "common/clock.h"
 #include "conf/conf.h"
+#include "obs/log.h"
 #include "store/redis.h"
 #include "store/redis_conf.h"
 
@@ -39,6 +40,7 @@ int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *
     out->on_wait = bm_outage_report;
     out->wait_opaque = (void *)&ctx->outage;
     out->stop = &ctx->stop;
+    out->log = bm_log_kafka;
     *props = p;
     return BM_OK;
 }

@@ -27,6 +27,14 @@ if(TARGET biomatch_cli AND TARGET biomatch-coordinator AND TARGET biomatch-worke
   set_tests_properties(interop.python PROPERTIES
     LABELS integration FIXTURES_REQUIRED bm_services TIMEOUT 600)
 
+  # cli.client: what a client developer hit with the command (install
+  # prefix, flag ranges, exact --mated, an unreachable broker within
+  # --timeout-ms and without raw librdkafka lines, `up`'s Try: lines run as
+  # printed). Uses the embedded cluster; no fixture services.
+  add_test(NAME cli.client
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/harness/cli-client ${CMAKE_BINARY_DIR})
+  set_tests_properties(cli.client PROPERTIES LABELS integration TIMEOUT 300)
+
   add_test(NAME demo.small
     COMMAND $<TARGET_FILE:biomatch_cli> up --embedded --demo
             --faces 2000 --irises 500 --face-probes 40 --iris-probes 20 --workers 2)

@@ -137,6 +137,7 @@ static int setup(struct wk *w, char *err, size_t errlen)
     w->busconf.client_id = c->node_id;
     w->busconf.props = w->props;
     w->busconf.nprops = c->kafka_n;
+    w->busconf.log = bm_log_kafka;
     if (bm_topic_name(w->partials, sizeof w->partials, c->topic_prefix, BM_TOPIC_PARTIALS) != 0 ||
         bm_topic_name(w->dlq, sizeof w->dlq, c->topic_prefix, BM_TOPIC_DLQ) != 0)
         return bm_seterr(err, errlen, BM_ERANGE, "topic prefix too long");

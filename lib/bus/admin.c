@@ -30,7 +30,7 @@ struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
         bm_seterr(err, errlen, BM_ENOMEM, "admin: out of memory");
         return NULL;
     }
-    rd_kafka_conf_t *rc = bm_bus_conf_build(conf, NULL, &a->base, err, errlen);
+    rd_kafka_conf_t *rc = bm_bus_conf_build(conf, BM_BUS_KIND_PRODUCER, NULL, &a->base, err, errlen);
     if (rc == NULL) {
         free(a);
         return NULL;

@@ -3,9 +3,18 @@
  * The order of bm_bus_conf_build is the contract: our connection settings,
  * then the module's defaults, then the operator's properties, so an operator
  * can override any default (say, linger.ms) but a typo in a property name
- * fails the constructor instead of being silently ignored. */
+ * fails the constructor instead of being silently ignored.
+ *
+ * One kafka: map serves every handle of a process, so an operator's
+ * consumer-only property (session.timeout.ms) reaches its producers too,
+ * and librdkafka would warn (CONFWARN) at every start. Each property is
+ * applied only to the kinds of client it is for, by librdkafka's own
+ * property table (rd_kafka_conf_properties_show, column C/P), read once. */
+#define _POSIX_C_SOURCE 200809L
 #include "bus/internal.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +33,76 @@ int bm_bus_conf_set(rd_kafka_conf_t *rc, const char *key, const char *value,
     return BM_OK;
 }
 
+/* Properties librdkafka documents as for one kind of client only. */
+#define SCOPE_MAX 256
+#define SCOPE_NAME_MAX 64
+static struct scoped_prop {
+    char name[SCOPE_NAME_MAX];
+    char kind; /* 'C' consumer or 'P' producer */
+} scoped[SCOPE_MAX];
+static size_t nscoped;
+static pthread_once_t scoped_once = PTHREAD_ONCE_INIT;
+
+/* Parse "name | C/P | range | ..." rows of the property table. A property
+ * listed twice (global and topic level) with different scopes counts for
+ * both kinds, so it is never dropped. */
+static void scoped_load(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return;
+    rd_kafka_conf_properties_show(f);
+    if (fclose(f) != 0) {
+        free(buf);
+        return;
+    }
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *bar = strchr(line, '|');
+        if (bar == NULL)
+            continue;
+        size_t n = (size_t)(bar - line);
+        while (n > 0 && line[n - 1] == ' ')
+            n--;
+        char *col = bar + 1;
+        while (*col == ' ')
+            col++;
+        char kind = col[0];
+        if ((kind != 'C' && kind != 'P') || col[1] != ' ' || n == 0 ||
+            n >= SCOPE_NAME_MAX)
+            continue;
+        size_t i = 0;
+        while (i < nscoped && !(strlen(scoped[i].name) == n &&
+                                memcmp(scoped[i].name, line, n) == 0))
+            i++;
+        if (i < nscoped) {
+            if (scoped[i].kind != kind)
+                scoped[i].kind = '*';
+            continue;
+        }
+        if (nscoped == SCOPE_MAX)
+            break;
+        memcpy(scoped[nscoped].name, line, n);
+        scoped[nscoped].name[n] = '\0';
+        scoped[nscoped].kind = kind;
+        nscoped++;
+    }
+    free(buf);
+}
+
+bool bm_bus_prop_applies(const char *key, enum bm_bus_kind kind)
+{
+    pthread_once(&scoped_once, scoped_load);
+    char own = kind == BM_BUS_KIND_CONSUMER ? 'C' : 'P';
+    for (size_t i = 0; i < nscoped; i++)
+        if (strcmp(scoped[i].name, key) == 0)
+            return scoped[i].kind == '*' || scoped[i].kind == own;
+    return true;
+}
+
 /* librdkafka calls this from its own threads; 'base' is immutable after the
  * handle is built, so reading it needs no lock. */
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -35,6 +114,7 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
 }
 
 rd_kafka_conf_t *bm_bus_conf_build(const struct bm_bus_conf *conf,
+                                   enum bm_bus_kind kind,
                                    const struct bm_bus_prop *defaults,
                                    struct bm_bus_base *base, char *err,
                                    size_t errlen)
@@ -63,7 +143,9 @@ rd_kafka_conf_t *bm_bus_conf_build(const struct bm_bus_conf *conf,
                             errlen) != BM_OK)
             goto fail;
     for (size_t i = 0; i < conf->nprops; i++)
-        if (bm_bus_conf_set(rc, conf->props[i].key, conf->props[i].value, err,
+        if ((conf->props[i].key == NULL ||
+             bm_bus_prop_applies(conf->props[i].key, kind)) &&
+            bm_bus_conf_set(rc, conf->props[i].key, conf->props[i].value, err,
                             errlen) != BM_OK)
             goto fail;
     base->log = conf->log;

@@ -281,7 +281,7 @@ struct bm_consumer *bm_consumer_new(const struct bm_bus_conf *conf,
         c->cbs = *cbs;
     c->grouped = group_id != NULL;
     rd_kafka_conf_t *rc = bm_bus_conf_build(
-        conf, c->grouped ? group_defaults : manual_defaults, &c->base, err, errlen);
+        conf, BM_BUS_KIND_CONSUMER, c->grouped ? group_defaults : manual_defaults, &c->base, err, errlen);
     if (rc == NULL) {
         free(c);
         return NULL;

@@ -8,6 +8,7 @@
 #define BM_BUS_INTERNAL_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 
 #include "bus/bus.h"
 
@@ -21,12 +22,24 @@ struct bm_bus_base {
 int bm_bus_conf_set(rd_kafka_conf_t *rc, const char *key, const char *value,
                     char *err, size_t errlen);
 
-/* Build a librdkafka configuration: bootstrap servers and client id from
- * 'conf', then 'defaults' (NULL-key terminated, may be NULL), then
- * conf->props verbatim, and wire the log callback to 'base'. Returns the
- * configuration (caller owns it until rd_kafka_new takes it) or NULL with a
- * message in err. */
+/* The kind of librdkafka client a configuration is for. Admin handles are
+ * producer-type clients in librdkafka. */
+enum bm_bus_kind { BM_BUS_KIND_PRODUCER, BM_BUS_KIND_CONSUMER };
+
+/* False when librdkafka documents 'key' as a property of the other kind of
+ * client only (session.timeout.ms for a producer, linger.ms for a
+ * consumer); true for shared and unknown names, so a typo still fails
+ * where it is set. Thread: any. */
+bool bm_bus_prop_applies(const char *key, enum bm_bus_kind kind);
+
+/* Build a librdkafka configuration for a client of 'kind': bootstrap
+ * servers and client id from 'conf', then 'defaults' (NULL-key terminated,
+ * may be NULL), then those of conf->props that apply to 'kind'
+ * (bm_bus_prop_applies), verbatim, and wire the log callback to 'base'.
+ * Returns the configuration (caller owns it until rd_kafka_new takes it) or
+ * NULL with a message in err. */
 rd_kafka_conf_t *bm_bus_conf_build(const struct bm_bus_conf *conf,
+                                   enum bm_bus_kind kind,
                                    const struct bm_bus_prop *defaults,
                                    struct bm_bus_base *base, char *err,
                                    size_t errlen);

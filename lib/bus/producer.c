@@ -263,7 +263,7 @@ struct bm_producer *bm_producer_new(const struct bm_bus_conf *conf, char *err,
         bm_seterr(err, errlen, BM_ENOMEM, "producer: out of memory");
         return NULL;
     }
-    rd_kafka_conf_t *rc = bm_bus_conf_build(conf, defaults, &p->base, err, errlen);
+    rd_kafka_conf_t *rc = bm_bus_conf_build(conf, BM_BUS_KIND_PRODUCER, defaults, &p->base, err, errlen);
     if (rc == NULL) {
         free(p);
         return NULL;

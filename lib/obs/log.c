@@ -391,3 +391,15 @@ void bm_log(enum bm_log_level level, const char *msg, ...)
     va_end(ap);
     bm_log_fields(level, msg, f, n);
 }
+
+void bm_log_kafka(void *opaque, int level, const char *fac, const char *msg)
+{
+    enum bm_log_level l = level <= 3 ? BM_LOG_ERROR
+                          : level == 4 ? BM_LOG_WARN
+                          : level <= 6 ? BM_LOG_INFO
+                                       : BM_LOG_DEBUG;
+    const enum bm_log_level *cap = opaque;
+    if (cap != NULL && l > *cap)
+        l = *cap;
+    BM_LOGF(l, "librdkafka", BM_LF_STR("facility", fac), BM_LF_STR("kafka", msg));
+}

@@ -98,6 +98,15 @@ void bm_log_fields(enum bm_log_level level, const char *msg,
 
 #define BM_LOG_MAX_VALUE 4096
 
+/* librdkafka's own log lines as JSON log lines. The signature is the bus's
+ * log callback (bm_bus_log_fn: 'level' syslog-style 0..7, 'fac' the
+ * facility), so a program sets it as bm_bus_conf.log instead of letting
+ * librdkafka print raw "%3|...|FAIL|..." lines to stderr. Levels 0..3 log
+ * as error, 4 as warn, 5..6 as info, 7 as debug; 'opaque', when not NULL,
+ * points to an enum bm_log_level that caps the level (a command-line tool
+ * that reports failures itself passes BM_LOG_DEBUG). Thread: any. */
+void bm_log_kafka(void *opaque, int level, const char *fac, const char *msg);
+
 /* Format one line into a malloc'd NUL-terminated string ending in '\n'
  * (exactly what bm_log_fields would write), ignoring the threshold. NULL on
  * out-of-memory. The caller frees it with free(). Used by tests. */
