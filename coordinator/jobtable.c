@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/assert.h"
 #include "wire/decode.h"
 #include "wire/shard.h"
 
@@ -147,6 +148,7 @@ static void grow(struct bm_jobtable *t)
 struct bm_job *bm_jobtable_add(struct bm_jobtable *t, const char *id, int32_t partition,
                                int64_t offset, int64_t now_ms)
 {
+    BM_ASSERT(id != NULL && bm_jobtable_find(t, id) == NULL);
     struct bm_job *j = calloc(1, sizeof *j);
     if (j == NULL)
         return NULL;
@@ -181,6 +183,7 @@ int bm_jobtable_set_shards(struct bm_job *j, uint32_t shard_count)
 
 void bm_jobtable_finish(struct bm_jobtable *t, struct bm_job *j, int64_t now_ms)
 {
+    BM_ASSERT(t != NULL && j != NULL);
     if (j->state == BM_JOB_DONE)
         return;
     free_partials(j);

@@ -28,8 +28,8 @@ struct bm_job {
     enum bm_job_state state;
     int32_t partition;                 /* partials partition of its messages */
     int64_t first_offset;              /* lowest offset of its messages; holds the commit */
-    int64_t created_ms;                /* wall clock when first seen */
-    int64_t done_ms;                   /* wall clock when it became DONE */
+    int64_t created_ms;                /* monotonic ms (bm_mono_ms) when first seen */
+    int64_t done_ms;                   /* monotonic ms when it became DONE */
     Biomatch__V1__PartialResult *opened; /* owned; NULL until the marker arrives */
     uint32_t shard_count;              /* 0 until known (from any partial) */
     Biomatch__V1__PartialResult **shards; /* owned, shard_count entries, NULL = missing */
@@ -54,7 +54,10 @@ void bm_jobtable_free(struct bm_jobtable *t);
 /* The job with id 'id', or NULL. Borrowed; valid until removed. */
 struct bm_job *bm_jobtable_find(struct bm_jobtable *t, const char *id);
 
-/* Add an OPEN job for 'id' (copied) first seen at 'offset' of 'partition'.
+/* Every now_ms below is monotonic time (bm_mono_ms): the done window is a
+ * duration, so a step of the wall clock must not stretch or empty it.
+ *
+ * Add an OPEN job for 'id' (copied) first seen at 'offset' of 'partition'.
  * The caller has checked it is not present. NULL on ENOMEM. */
 struct bm_job *bm_jobtable_add(struct bm_jobtable *t, const char *id, int32_t partition,
                                int64_t offset, int64_t now_ms);

@@ -356,11 +356,7 @@ static void *loader_main(void *arg)
             wake = next_lag;
         if (wake > now + 50)
             wake = now + 50; /* also notices refresh requests quickly */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t ns = ts.tv_nsec + (wake - now) * 1000000;
-        ts.tv_sec += ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
+        struct timespec ts = bm_mono_deadline_us((wake - now) * 1000);
         pthread_mutex_lock(&w->lock);
         if (!atomic_load(&w->loader_stop))
             pthread_cond_timedwait(&w->loader_cv, &w->lock, &ts);

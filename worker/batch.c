@@ -354,14 +354,6 @@ static size_t probes_of(const struct wk_task *t)
     return t->msg->n_probes;
 }
 
-static void abs_time(struct timespec *ts, int64_t ms_from_now)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    int64_t ns = ts->tv_nsec + ms_from_now * 1000000;
-    ts->tv_sec += ns / 1000000000;
-    ts->tv_nsec = ns % 1000000000;
-}
-
 static void *scorer_main(void *arg)
 {
     struct wk *w = arg;
@@ -393,8 +385,7 @@ static void *scorer_main(void *arg)
         pthread_mutex_lock(&w->qlock);
         while (w->qhead == NULL && !atomic_load(&w->scorer_stop)) {
             if (parked != NULL) {
-                struct timespec ts;
-                abs_time(&ts, 10);
+                struct timespec ts = bm_mono_deadline_us(10000);
                 pthread_cond_timedwait(&w->qcv, &w->qlock, &ts);
                 break;
             }
@@ -453,11 +444,7 @@ static void *scorer_main(void *arg)
                 int64_t now = bm_mono_us();
                 if (np >= max_probes || now >= until || atomic_load(&w->scorer_stop))
                     break;
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                int64_t ns = ts.tv_nsec + (until - now) * 1000;
-                ts.tv_sec += ns / 1000000000;
-                ts.tv_nsec = ns % 1000000000;
+                struct timespec ts = bm_mono_deadline_us(until - now);
                 pthread_cond_timedwait(&w->qcv, &w->qlock, &ts);
             }
         }

@@ -153,10 +153,11 @@ static int setup(struct wk *w, char *err, size_t errlen)
             return bm_seterr(err, errlen, BM_ERANGE, "topic name too long");
         snprintf(g->group, sizeof g->group, "%sworkers.%s", c->topic_prefix, g->name);
     }
+    /* Both conditions are waited on with monotonic deadlines. */
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->loader_cv, NULL);
     pthread_mutex_init(&w->qlock, NULL);
-    pthread_cond_init(&w->qcv, NULL);
+    if (bm_cond_init_mono(&w->loader_cv) != BM_OK || bm_cond_init_mono(&w->qcv) != BM_OK)
+        return bm_seterr(err, errlen, BM_ENOMEM, "cannot create condition variables");
     atomic_init(&w->draining, 0);
 
     w->metrics = bm_metrics_new();

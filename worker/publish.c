@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/assert.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "obs/log.h"
@@ -25,6 +26,7 @@
 
 struct wk_entry *wk_entry_push(struct wk_part *p, int64_t offset)
 {
+    BM_ASSERT(p != NULL && offset >= 0);
     struct wk_entry *e = calloc(1, sizeof *e);
     if (e == NULL)
         return NULL;

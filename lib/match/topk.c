@@ -5,6 +5,8 @@
  * offered so far. */
 #include "match/topk.h"
 
+#include "common/assert.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -46,6 +48,7 @@ static void sift_up(struct bm_candidate *v, size_t i)
 
 void bm_topk_init(struct bm_topk *h, struct bm_candidate *storage, size_t k)
 {
+    BM_ASSERT(h != NULL && (storage != NULL || k == 0));
     h->items = storage;
     h->k = k;
     h->n = 0;
@@ -53,6 +56,7 @@ void bm_topk_init(struct bm_topk *h, struct bm_candidate *storage, size_t k)
 
 void bm_topk_push(struct bm_topk *h, uint64_t id, float score)
 {
+    BM_ASSERT(h->n <= h->k);
     if (h->k == 0 || isnan(score))
         return;
     if (h->n < h->k) {
