@@ -238,6 +238,17 @@ static int reject(struct bm_intake *in, const struct bm_bus_msg *m,
     const char *topic = in->results;
     if (reply_ok && job->reply_topic && job->reply_topic[0])
         topic = job->reply_topic;
+    /* A job without a usable job_id (an empty record value decodes as
+     * one) is answered under its record key, in the key and in job_id
+     * alike, so a client waiting by job_id finds it as it finds any other. */
+    char keyid[BM_WIRE_MAX_ID_BYTES + 1];
+    if (r.job_id[0] == '\0' && m->key != NULL && m->keylen > 0 &&
+        m->keylen <= BM_WIRE_MAX_ID_BYTES && memchr(m->key, '\0', m->keylen) == NULL &&
+        bm_wire_utf8_valid((const char *)m->key, m->keylen)) {
+        memcpy(keyid, m->key, m->keylen);
+        keyid[m->keylen] = '\0';
+        r.job_id = keyid;
+    }
     const char *key = r.job_id;
     size_t keylen = strlen(key);
     if (keylen == 0) {

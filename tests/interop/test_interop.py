@@ -176,7 +176,8 @@ def main():
         results_topic = f"{prefix}results"
         jobs_topic = f"{prefix}jobs"
         consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"interop-{tag}",
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                             "fetch.wait.max.ms": 10})
         md = consumer.list_topics(results_topic, timeout=15)
         parts = md.topics[results_topic].partitions
         need(parts, f"{results_topic} has no partitions")
@@ -228,6 +229,8 @@ def main():
                 r.ParseFromString(m.value())
                 if r.job_id in want and r.job_id not in got:
                     got[r.job_id] = (r, dict(m.headers() or []))
+                    need(m.key() == r.job_id.encode(),
+                         f"result of {r.job_id!r} keyed {m.key()!r}: results are keyed by job_id")
             return got
 
         # Warm-up: the worker follows new manifest versions within a moment
@@ -270,6 +273,41 @@ def main():
                  f"{jid}: traceparent {tph!r} on the result, sent {tp}")
             log(f"{framing} job ok: rank-1 {r.candidates[0].subject_id} "
                 f"score {r.candidates[0].score:.4f}")
+        # What a client developer hit: an empty record value is answered
+        # like any rejection, under its record key in the key and in
+        # job_id, so waiting by job_id finds it.
+        empty_key = f"interop-{tag}-empty"
+        producer.produce(jobs_topic, key=empty_key.encode(), value=b"")
+        need(producer.flush(30) == 0, "empty record not delivered within 30 s")
+        got = await_results({empty_key}, 60)
+        need(empty_key in got, "no result with job_id = the record key for an empty value")
+        r = got[empty_key][0]
+        need(r.status == pb.RESULT_STATUS_REJECTED,
+             f"empty value: {pb.ResultStatus.Name(r.status)}, want REJECTED")
+        log(f"empty value: REJECTED {pb.ErrorCode.Name(r.error_code)} under its key")
+        # A reply_topic must exist already (docs/wire.md, MatchJob): a job
+        # naming one that does not is rejected on the results topic.
+        job = pb.MatchJob()
+        job.job_id = f"interop-{tag}-noreply"
+        job.agency = "interop-py"
+        job.gallery = gallery
+        job.mode = pb.MATCH_MODE_IDENTIFY
+        t = job.probes.add()
+        t.modality = pb.MODALITY_FACE
+        t.dense.dim = dim
+        t.dense.element_type = pb.ELEMENT_TYPE_F32
+        t.dense.data = probes[0].astype("<f4").tobytes()
+        job.top_k = 3
+        job.reply_topic = f"{prefix}no-such-reply-{tag}"
+        producer.produce(jobs_topic, key=job.job_id.encode(), value=job.SerializeToString())
+        need(producer.flush(30) == 0, "job not delivered within 30 s")
+        got = await_results({job.job_id}, 60)
+        need(job.job_id in got, "no result on the results topic for a missing reply_topic")
+        r = got[job.job_id][0]
+        need(r.status == pb.RESULT_STATUS_REJECTED and r.error_code == pb.ERROR_CODE_INVALID_VALUE,
+             f"missing reply_topic: {pb.ResultStatus.Name(r.status)} "
+             f"{pb.ErrorCode.Name(r.error_code)}, want REJECTED INVALID_VALUE")
+        log("missing reply_topic: REJECTED INVALID_VALUE on results")
         consumer.close()
         log("PASS")
         return 0
