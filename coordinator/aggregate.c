@@ -114,8 +114,9 @@ static void on_delivery(const struct bm_delivery *d, void *opaque)
                  d->topic ? d->topic : "?");
     } else if (d->err != BM_OK) {
         bm_counter_inc(ag->refused);
-        bm_log(BM_LOG_ERROR, "record refused by Kafka", "topic", d->topic ? d->topic : "?",
-               "error", d->errstr ? d->errstr : "?", NULL);
+        BM_LOGF(BM_LOG_ERROR, "record refused by Kafka",
+                BM_LF_STR("topic", d->topic ? d->topic : "?"),
+                BM_LF_STR("error", d->errstr ? d->errstr : "?"));
         struct bm_job *j = s->is_result ? bm_jobtable_find(ag->jobs, s->id) : NULL;
         if (j && j->state == BM_JOB_SENT)
             j->refused = d->err;
@@ -185,7 +186,7 @@ static int to_dlq(struct bm_agg *ag, const struct bm_bus_msg *m, Biomatch__V1__E
         if (strcmp(m->headers[i].name, BM_HDR_ERROR) != 0)
             bm_bus_headers_add(&h, m->headers[i].name, m->headers[i].value, m->headers[i].len);
     bm_bus_headers_add_str(&h, BM_HDR_ERROR, ev);
-    bm_log(BM_LOG_WARN, "partial sent to dlq", "error", ev, NULL);
+    BM_LOGF(BM_LOG_WARN, "partial sent to dlq", BM_LF_STR("error", ev));
     return send_rec(ag, ag->dlq, m->key, m->keylen, m->value, m->valuelen, NULL, NULL, NULL, &h);
 }
 
@@ -220,8 +221,8 @@ static int fallback(struct bm_agg *ag, struct bm_job *j, Biomatch__V1__MatchResu
         return 0;
     }
     j->fallbacks++;
-    bm_log(BM_LOG_WARN, "result refused; sending the fallback", "gallery", r->gallery,
-           "error", why, NULL);
+    BM_LOGF(BM_LOG_WARN, "result refused; sending the fallback", BM_LF_STR("gallery", r->gallery),
+            BM_LF_STR("error", why));
     return 1;
 }
 
@@ -351,8 +352,8 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
         free(mc);
         free(cv);
         free(cp);
-        bm_log(BM_LOG_ERROR, "result refused with no fallback left; job finished without it",
-               "gallery", o->gallery, "error", bm_strerror(j->refused), NULL);
+        BM_LOGF(BM_LOG_ERROR, "result refused with no fallback left; job finished without it",
+                BM_LF_STR("gallery", o->gallery), BM_LF_STR("error", bm_strerror(j->refused)));
         bm_jobtable_finish(ag->jobs, j, bm_mono_ms());
         return BM_OK;
     }
@@ -467,8 +468,8 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
         return BM_ENOMEM;
     }
     if (p->shard_count != j->shard_count) {
-        bm_log(BM_LOG_WARN, "partial with a different shard count dropped", "gallery",
-               j->opened ? j->opened->gallery : "", NULL);
+        BM_LOGF(BM_LOG_WARN, "partial with a different shard count dropped",
+                BM_LF_STR("gallery", j->opened ? j->opened->gallery : ""));
         bm_wire_free_partial(p);
         return BM_OK;
     }
@@ -514,8 +515,8 @@ static int tick(struct bm_agg *ag)
                     return rc;
             } else if (j->opened == NULL && mono - j->created_ms >= BM_AGGREGATE_ORPHAN_MS) {
                 bm_counter_inc(ag->orphans);
-                bm_log(BM_LOG_WARN, "shard partials without an opened marker dropped", "topic",
-                       ag->partials, NULL);
+                BM_LOGF(BM_LOG_WARN, "shard partials without an opened marker dropped",
+                        BM_LF_STR("topic", ag->partials));
                 bm_jobtable_remove(ag->jobs, j);
             }
         }
@@ -658,7 +659,8 @@ static int settle(struct bm_agg *ag, int rc)
     if (rc == BM_OK || rc == BM_ECLOSED || rc == BM_ENOMEM || bm_err_transient(rc))
         return rc;
     bm_counter_inc(ag->refused);
-    bm_log(BM_LOG_ERROR, "record refused by Kafka; moving on", "error", bm_strerror(rc), NULL);
+    BM_LOGF(BM_LOG_ERROR, "record refused by Kafka; moving on",
+            BM_LF_STR("error", bm_strerror(rc)));
     return BM_OK;
 }
 
@@ -667,10 +669,10 @@ int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
     char err[512] = "";
     struct bm_agg *ag = agg_new(ctx, err, sizeof err);
     if (ag == NULL) {
-        bm_log(BM_LOG_ERROR, "aggregate failed to start", "error", err, NULL);
+        BM_LOGF(BM_LOG_ERROR, "aggregate failed to start", BM_LF_STR("error", err));
         return BM_EKAFKA;
     }
-    bm_log(BM_LOG_INFO, "aggregate started", "topic", ag->partials, NULL);
+    BM_LOGF(BM_LOG_INFO, "aggregate started", BM_LF_STR("topic", ag->partials));
     int rc = BM_OK;
     int64_t last_tick = 0;
     while (!bm_coord_stopping(ctx)) {
@@ -697,8 +699,8 @@ int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
             break;
         }
         if (rc != BM_OK) {
-            bm_log(BM_LOG_ERROR, "aggregate cannot go on", "error",
-                   ag->fatal[0] ? ag->fatal : bm_strerror(rc), NULL);
+            BM_LOGF(BM_LOG_ERROR, "aggregate cannot go on",
+                    BM_LF_STR("error", ag->fatal[0] ? ag->fatal : bm_strerror(rc)));
             break;
         }
     }
@@ -707,9 +709,9 @@ int bm_role_aggregate_run(struct bm_coord_ctx *ctx)
         if (ag->fatal[0] == '\0')
             tick(ag);
         if (bm_consumer_close(ag->cons, err, sizeof err) != BM_OK)
-            bm_log(BM_LOG_WARN, "aggregate: leaving the group failed", "error", err, NULL);
+            BM_LOGF(BM_LOG_WARN, "aggregate: leaving the group failed", BM_LF_STR("error", err));
     }
     agg_free(ag);
-    bm_log(BM_LOG_INFO, "aggregate stopped", "status", bm_strerror(rc), NULL);
+    BM_LOGF(BM_LOG_INFO, "aggregate stopped", BM_LF_STR("status", bm_strerror(rc)));
     return rc;
 }

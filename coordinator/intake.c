@@ -118,8 +118,9 @@ static void on_delivery(const struct bm_delivery *d, void *opaque)
                  d->topic ? d->topic : "?");
     } else if (d->err != BM_OK) {
         count_refused(p->in);
-        bm_log(BM_LOG_ERROR, "record refused by Kafka", "topic", d->topic ? d->topic : "?",
-               "error", d->errstr ? d->errstr : "?", NULL);
+        BM_LOGF(BM_LOG_ERROR, "record refused by Kafka",
+                BM_LF_STR("topic", d->topic ? d->topic : "?"),
+                BM_LF_STR("error", d->errstr ? d->errstr : "?"));
     }
 }
 
@@ -197,7 +198,7 @@ static int to_dlq(struct bm_intake *in, const struct bm_bus_msg *m,
                       m->valuelen, &h);
     count_job(in, "biomatch_jobs_total", "Jobs by outcome (intake rejections, aggregator results)",
               "_unknown", "dlq");
-    bm_log(BM_LOG_WARN, "job record sent to dlq", "error", ev, NULL);
+    BM_LOGF(BM_LOG_WARN, "job record sent to dlq", BM_LF_STR("error", ev));
     if (rc != BM_OK)
         return rc;
     return audit_job(in, m, "", "", "", BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED, "", "",
@@ -258,8 +259,8 @@ static int reject(struct bm_intake *in, const struct bm_bus_msg *m,
     int rc = send_msg(in, topic, BM_PARTITION_ANY, key, keylen, &r.base, traceparent);
     count_job(in, "biomatch_jobs_total", "Jobs by outcome (intake rejections, aggregator results)",
               label_gallery(def), "rejected");
-    bm_log(BM_LOG_INFO, "job rejected", "gallery", label_gallery(def), "error_code",
-           bm_wire_error_code_name(code), "error", r.error, NULL);
+    BM_LOGF(BM_LOG_INFO, "job rejected", BM_LF_STR("gallery", label_gallery(def)),
+            BM_LF_STR("error_code", bm_wire_error_code_name(code)), BM_LF_STR("error", r.error));
     if (rc != BM_OK)
         return rc;
     return audit_job(in, m, r.agency, r.gallery, r.job_id, r.mode, safe(job->claimed_subject, 128),
@@ -454,7 +455,8 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
             code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INTERNAL;
             snprintf(err, sizeof err, "tasks topic of the gallery is not usable");
             rc = BM_EINVAL;
-            bm_log(BM_LOG_ERROR, "tasks topic unusable", "gallery", def->name, "error", terr, NULL);
+            BM_LOGF(BM_LOG_ERROR, "tasks topic unusable", BM_LF_STR("gallery", def->name),
+                    BM_LF_STR("error", terr));
         } else if (trc != BM_OK) {
             bm_wire_free_job(job);
             return trc;
@@ -590,10 +592,10 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
     char err[512] = "";
     struct bm_intake *in = intake_new(ctx, err, sizeof err);
     if (in == NULL) {
-        bm_log(BM_LOG_ERROR, "intake failed to start", "error", err, NULL);
+        BM_LOGF(BM_LOG_ERROR, "intake failed to start", BM_LF_STR("error", err));
         return BM_EKAFKA;
     }
-    bm_log(BM_LOG_INFO, "intake started", "topic", in->jobs, NULL);
+    BM_LOGF(BM_LOG_INFO, "intake started", BM_LF_STR("topic", in->jobs));
     int rc = BM_OK;
     while (!bm_coord_stopping(ctx)) {
         struct bm_bus_msg *m = NULL;
@@ -630,8 +632,8 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
             if (hrc != BM_OK && hrc != BM_ECLOSED && !bm_err_transient(hrc)) {
                 /* Refused for good: an outcome for this record only. */
                 count_refused(in);
-                bm_log(BM_LOG_ERROR, "job record refused downstream; moving on", "error",
-                       bm_strerror(hrc), NULL);
+                BM_LOGF(BM_LOG_ERROR, "job record refused downstream; moving on",
+                        BM_LF_STR("error", bm_strerror(hrc)));
                 hrc = BM_OK;
             }
             if (hrc != BM_OK) {
@@ -653,12 +655,12 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
         bm_producer_poll(in->prod, 0);
         drain(in);
         if (in->fatal[0]) {
-            bm_log(BM_LOG_ERROR, "intake cannot go on", "error", in->fatal, NULL);
+            BM_LOGF(BM_LOG_ERROR, "intake cannot go on", BM_LF_STR("error", in->fatal));
             rc = BM_EKAFKA;
             break;
         }
         if (bm_producer_fatal(in->prod, err, sizeof err) != BM_OK) {
-            bm_log(BM_LOG_ERROR, "intake producer failed", "error", err, NULL);
+            BM_LOGF(BM_LOG_ERROR, "intake producer failed", BM_LF_STR("error", err));
             rc = BM_EKAFKA;
             break;
         }
@@ -670,8 +672,8 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
         drain(in);
     }
     if (rc == BM_OK && bm_consumer_close(in->cons, err, sizeof err) != BM_OK)
-        bm_log(BM_LOG_WARN, "intake: leaving the group failed", "error", err, NULL);
+        BM_LOGF(BM_LOG_WARN, "intake: leaving the group failed", BM_LF_STR("error", err));
     intake_free(in);
-    bm_log(BM_LOG_INFO, "intake stopped", "status", bm_strerror(rc), NULL);
+    BM_LOGF(BM_LOG_INFO, "intake stopped", BM_LF_STR("status", bm_strerror(rc)));
     return rc;
 }

@@ -104,7 +104,9 @@ void bm_segment_ref(struct bm_segment *s);
 void bm_segment_unref(struct bm_segment *s);
 int bm_spec_same(const struct bm_spec *a, const struct bm_spec *b);
 
-/* 64-byte aligned allocation of at least n bytes (rounded up), zeroed. */
+/* ---- alloc.c */
+/* 64-byte aligned allocation of at least n bytes (rounded up to 64), zeroed;
+ * free() releases it. NULL on ENOMEM or when n is too large to round. */
 void *bm_alloc64(size_t n);
 
 #endif /* BM_MATCH_INTERNAL_H */

@@ -13,17 +13,6 @@
 
 #include "match/internal.h"
 
-void *bm_alloc64(size_t n)
-{
-    size_t sz = (n + 63) & ~(size_t)63;
-    if (sz == 0)
-        sz = 64;
-    void *p = aligned_alloc(64, sz);
-    if (p != NULL)
-        memset(p, 0, sz);
-    return p;
-}
-
 void bm_spec_default(struct bm_spec *spec, enum bm_modality modality)
 {
     memset(spec, 0, sizeof *spec);

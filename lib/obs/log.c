@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,8 +80,8 @@ int bm_log_init(const char *comp)
         return BM_OK;
     enum bm_log_level level;
     if (bm_log_level_parse(env, &level) != BM_OK) {
-        bm_log(BM_LOG_WARN, "BIOMATCH_LOG_LEVEL is not debug|info|warn|error|off; using info",
-               "value", env, NULL);
+        BM_LOGF(BM_LOG_WARN, "BIOMATCH_LOG_LEVEL is not debug|info|warn|error|off; using info",
+                BM_LF_STR("value", env));
         return BM_EINVAL;
     }
     bm_log_set_level(level);
@@ -368,28 +367,6 @@ void bm_log_fields(enum bm_log_level level, const char *msg,
         write_line(b.p, b.len);
     bm_obs_buf_free(&b);
     errno = saved;
-}
-
-void bm_log(enum bm_log_level level, const char *msg, ...)
-{
-    if (!bm_log_enabled(level))
-        return;
-    /* Pairs are copied into a small fixed array; a call with more than 32
-     * pairs keeps the first 32 (a programming error, not a data one). */
-    struct bm_log_field f[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, msg);
-    for (;;) {
-        const char *key = va_arg(ap, const char *);
-        if (key == NULL)
-            break;
-        const char *val = va_arg(ap, const char *);
-        if (n < sizeof f / sizeof f[0])
-            f[n++] = BM_LF_STR(key, val);
-    }
-    va_end(ap);
-    bm_log_fields(level, msg, f, n);
 }
 
 void bm_log_kafka(void *opaque, int level, const char *fac, const char *msg)

@@ -83,12 +83,6 @@ bool bm_log_enabled(enum bm_log_level level);
  * logs elsewhere. The fd stays owned by the caller. */
 void bm_log_set_fd(int fd);
 
-/* Log 'msg' with string key/value pairs ending in a NULL key:
- *   bm_log(BM_LOG_INFO, "shard loaded", "gallery", g, "shard", "3", NULL);
- * A NULL value is written as null. */
-void bm_log(enum bm_log_level level, const char *msg, ...)
-    __attribute__((sentinel));
-
 /* Log 'msg' with 'n' typed fields. Fields named ts, level, component or msg
  * are written with an "f_" prefix so they cannot shadow the envelope.
  * String values longer than BM_LOG_MAX_VALUE bytes are cut and end in

@@ -232,10 +232,10 @@ static void test_init_and_threshold(void **state)
     assert_int_equal(bm_log_init("other"), BM_ECONFLICT);
     int fd = tmp_fd();
     bm_log_set_fd(fd);
-    bm_log(BM_LOG_INFO, "dropped", "k", "v", NULL);
-    bm_log(BM_LOG_ERROR, "kept", "k", "v", "n", NULL, NULL);
+    BM_LOGF(BM_LOG_INFO, "dropped", BM_LF_STR("k", "v"));
+    BM_LOGF(BM_LOG_ERROR, "kept", BM_LF_STR("k", "v"), BM_LF_STR("n", NULL));
     bm_log_set_level(BM_LOG_OFF);
-    bm_log(BM_LOG_ERROR, "off", NULL);
+    bm_log_fields(BM_LOG_ERROR, "off", NULL, 0);
     bm_log_set_fd(2);
     bm_log_set_level(BM_LOG_INFO);
     char *text = read_all(fd);
