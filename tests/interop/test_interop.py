@@ -190,9 +190,9 @@ def main():
         consumer.assign(tps)
         producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
 
-        def submit(probe_index, framing):
+        def new_job(job_id, probe_index):
             job = pb.MatchJob()
-            job.job_id = f"interop-{tag}-{framing}-{secrets.token_hex(4)}"
+            job.job_id = job_id
             job.agency = "interop-py"
             job.gallery = gallery
             job.mode = pb.MATCH_MODE_IDENTIFY
@@ -202,6 +202,10 @@ def main():
             t.dense.element_type = pb.ELEMENT_TYPE_F32
             t.dense.data = probes[probe_index].astype("<f4").tobytes()
             job.top_k = 3
+            return job
+
+        def submit(probe_index, framing):
+            job = new_job(f"interop-{tag}-{framing}-{secrets.token_hex(4)}", probe_index)
             job.submitted_unix_ms = int(time.time() * 1000)
             job.deadline_unix_ms = job.submitted_unix_ms + 30000
             job.attributes["case"] = framing
@@ -287,17 +291,7 @@ def main():
         log(f"empty value: REJECTED {pb.ErrorCode.Name(r.error_code)} under its key")
         # A reply_topic must exist already (docs/wire.md, MatchJob): a job
         # naming one that does not is rejected on the results topic.
-        job = pb.MatchJob()
-        job.job_id = f"interop-{tag}-noreply"
-        job.agency = "interop-py"
-        job.gallery = gallery
-        job.mode = pb.MATCH_MODE_IDENTIFY
-        t = job.probes.add()
-        t.modality = pb.MODALITY_FACE
-        t.dense.dim = dim
-        t.dense.element_type = pb.ELEMENT_TYPE_F32
-        t.dense.data = probes[0].astype("<f4").tobytes()
-        job.top_k = 3
+        job = new_job(f"interop-{tag}-noreply", 0)
         job.reply_topic = f"{prefix}no-such-reply-{tag}"
         producer.produce(jobs_topic, key=job.job_id.encode(), value=job.SerializeToString())
         need(producer.flush(30) == 0, "job not delivered within 30 s")
