@@ -10,6 +10,19 @@ endif()
 # POSIX.1-2008 plus the common BSD/SVID extensions (MAP_ANONYMOUS, endian.h).
 add_compile_definitions(_DEFAULT_SOURCE)
 
+# The libFuzzer build (tests/fuzz, scripts/fuzz): every library gets
+# coverage instrumentation so the fuzzer sees inside the parsers, and
+# ASan+UBSan unless another sanitizer set is asked for.
+if(BM_FUZZ)
+  if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "BM_FUZZ=ON needs clang (configure with CC=clang)")
+  endif()
+  if(NOT BM_SANITIZE)
+    set(BM_SANITIZE address,undefined)
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
+
 if(BM_SANITIZE)
   string(REPLACE "," ";" _bm_san "${BM_SANITIZE}")
   if("thread" IN_LIST _bm_san AND ("address" IN_LIST _bm_san))

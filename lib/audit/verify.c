@@ -296,7 +296,9 @@ static void check_chain(struct bm_audit_verifier *v, const struct rec *r, size_t
 int bm_audit_verifier_finish(struct bm_audit_verifier *v, bm_audit_finding_fn fn,
                              void *opaque, struct bm_audit_verify_stats *st)
 {
-    qsort(v->recs, v->n, sizeof *v->recs, cmp_chain);
+    /* qsort's base must not be NULL, even for no elements. */
+    if (v->n > 0)
+        qsort(v->recs, v->n, sizeof *v->recs, cmp_chain);
     uint64_t writers = 0;
     for (size_t i = 0; i < v->n;) {
         size_t j = i + 1;
@@ -308,7 +310,8 @@ int bm_audit_verifier_finish(struct bm_audit_verifier *v, bm_audit_finding_fn fn
     }
     if (v->oom)
         return BM_ENOMEM;
-    qsort(v->fs, v->nf, sizeof *v->fs, cmp_position);
+    if (v->nf > 0)
+        qsort(v->fs, v->nf, sizeof *v->fs, cmp_position);
     for (size_t i = 0; i < v->nf && fn != NULL; i++) {
         const struct finding *f = &v->fs[i];
         struct bm_audit_finding out = {f->kind,   f->writer, f->seq,

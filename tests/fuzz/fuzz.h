@@ -1,4 +1,4 @@
-/* The fuzz harnesses of the wire decoders and the at-rest envelope reader,
+/* The fuzz harnesses of every decoder and parser that sees outside bytes,
  * callable two ways.
  *
  * With -DBM_FUZZ=ON (clang), each fuzz_*.c also defines
@@ -19,6 +19,16 @@ int bm_fuzz_envelope(const uint8_t *data, size_t size);
 int bm_fuzz_decode_job(const uint8_t *data, size_t size);
 int bm_fuzz_template(const uint8_t *data, size_t size);
 int bm_fuzz_atrest(const uint8_t *data, size_t size);
+int bm_fuzz_task(const uint8_t *data, size_t size);
+int bm_fuzz_partial(const uint8_t *data, size_t size);
+int bm_fuzz_enroll(const uint8_t *data, size_t size);
+int bm_fuzz_sig_header(const uint8_t *data, size_t size);
+int bm_fuzz_resp(const uint8_t *data, size_t size);
+int bm_fuzz_segment(const uint8_t *data, size_t size);
+int bm_fuzz_manifest(const uint8_t *data, size_t size);
+int bm_fuzz_policy(const uint8_t *data, size_t size);
+int bm_fuzz_config(const uint8_t *data, size_t size);
+int bm_fuzz_audit(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

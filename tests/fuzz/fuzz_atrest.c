@@ -13,6 +13,7 @@
 
 #include "crypto/atrest.h"
 #include "crypto/keyring.h"
+#include "common/err.h"
 #include "fuzz.h"
 
 static const struct bm_keyring *fuzz_keyring(void)

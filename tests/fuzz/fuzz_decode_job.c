@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/err.h"
 #include "fuzz.h"
 #include "wire/decode.h"
 #include "wire/job.h"

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/err.h"
 #include "fuzz.h"
 #include "wire/envelope.h"
 #include "wire/headers.h"

@@ -4,8 +4,9 @@
  * keeps the harnesses compiling and their invariants checked in every gcc
  * build; the real fuzzing needs -DBM_FUZZ=ON with clang.
  *
- * The corpus is found next to this file (__FILE__ is absolute in CMake
- * builds) or at $BM_FUZZ_CORPUS. */
+ * The harness files are compiled into this test by tests/CMakeLists.txt
+ * (with BM_FUZZ_REPLAY defined, so they define no LLVMFuzzerTestOneInput).
+ * The corpus is BM_FUZZ_CORPUS_DIR (set by CMake) or $BM_FUZZ_CORPUS. */
 #include "testutil.h"
 
 #include <dirent.h>
@@ -13,12 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BM_FUZZ_REPLAY 1
 #include "../fuzz/fuzz.h"
-#include "../fuzz/fuzz_atrest.c"
-#include "../fuzz/fuzz_decode_job.c"
-#include "../fuzz/fuzz_envelope.c"
-#include "../fuzz/fuzz_template.c"
 
 #define MUTANTS_PER_SEED 300
 
@@ -31,10 +27,7 @@ static void corpus_dir(char *buf, size_t len, const char *name)
         snprintf(buf, len, "%s/%s", env, name);
         return;
     }
-    const char *file = __FILE__;
-    const char *slash = strrchr(file, '/');
-    int dirlen = slash ? (int)(slash - file) : 1;
-    snprintf(buf, len, "%.*s/../fuzz/corpus/%s", dirlen, slash ? file : ".", name);
+    snprintf(buf, len, "%s/%s", BM_FUZZ_CORPUS_DIR, name);
 }
 
 static uint8_t *read_file(const char *path, size_t *n)
@@ -111,16 +104,76 @@ static void test_replay_decode_job(void **state)
     assert_true(replay("decode_job", bm_fuzz_decode_job) > 0);
 }
 
+static void test_replay_template(void **state)
+{
+    (void)state;
+    assert_true(replay("template", bm_fuzz_template) > 0);
+}
+
 static void test_replay_atrest(void **state)
 {
     (void)state;
     assert_true(replay("atrest", bm_fuzz_atrest) > 0);
 }
 
-static void test_replay_template(void **state)
+static void test_replay_task(void **state)
 {
     (void)state;
-    assert_true(replay("template", bm_fuzz_template) > 0);
+    assert_true(replay("task", bm_fuzz_task) > 0);
+}
+
+static void test_replay_partial(void **state)
+{
+    (void)state;
+    assert_true(replay("partial", bm_fuzz_partial) > 0);
+}
+
+static void test_replay_enroll(void **state)
+{
+    (void)state;
+    assert_true(replay("enroll", bm_fuzz_enroll) > 0);
+}
+
+static void test_replay_sig_header(void **state)
+{
+    (void)state;
+    assert_true(replay("sig_header", bm_fuzz_sig_header) > 0);
+}
+
+static void test_replay_resp(void **state)
+{
+    (void)state;
+    assert_true(replay("resp", bm_fuzz_resp) > 0);
+}
+
+static void test_replay_segment(void **state)
+{
+    (void)state;
+    assert_true(replay("segment", bm_fuzz_segment) > 0);
+}
+
+static void test_replay_manifest(void **state)
+{
+    (void)state;
+    assert_true(replay("manifest", bm_fuzz_manifest) > 0);
+}
+
+static void test_replay_policy(void **state)
+{
+    (void)state;
+    assert_true(replay("policy", bm_fuzz_policy) > 0);
+}
+
+static void test_replay_config(void **state)
+{
+    (void)state;
+    assert_true(replay("config", bm_fuzz_config) > 0);
+}
+
+static void test_replay_audit(void **state)
+{
+    (void)state;
+    assert_true(replay("audit", bm_fuzz_audit) > 0);
 }
 
 int main(void)
@@ -130,6 +183,16 @@ int main(void)
         cmocka_unit_test(test_replay_decode_job),
         cmocka_unit_test(test_replay_template),
         cmocka_unit_test(test_replay_atrest),
+        cmocka_unit_test(test_replay_task),
+        cmocka_unit_test(test_replay_partial),
+        cmocka_unit_test(test_replay_enroll),
+        cmocka_unit_test(test_replay_sig_header),
+        cmocka_unit_test(test_replay_resp),
+        cmocka_unit_test(test_replay_segment),
+        cmocka_unit_test(test_replay_manifest),
+        cmocka_unit_test(test_replay_policy),
+        cmocka_unit_test(test_replay_config),
+        cmocka_unit_test(test_replay_audit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
