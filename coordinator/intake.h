@@ -4,8 +4,10 @@
  *
  * Contract: the role contract of role.h. The jobs offset of a message is
  * stored only after every record produced for it (tasks, opened marker, or
- * rejection result, dlq record, audit record) has a successful delivery
- * report, so a crash replays the job rather than losing it. A delivery that
+ * rejection result, dlq record) has a successful delivery report, so a
+ * crash replays the job rather than losing it. Audit records go through the
+ * role's audit writer (audit.h), whose deliveries the offset does not wait
+ * for. A delivery that
  * fails for good (librdkafka already retried until message.timeout.ms)
  * makes the role return BM_EKAFKA: the process restarts and replays.
  * Thread: runs on its own thread; shares only ctx. */

@@ -110,3 +110,33 @@ void bm_test_bin(char *buf, size_t len, const char *name)
     int w = snprintf(buf, len, "%s/../bin/%s", self, name);
     assert_true(w > 0 && (size_t)w < len);
 }
+
+int bm_test_run_selected(const char *group, const struct CMUnitTest *tests, size_t n)
+{
+    const char *only = getenv("BM_TEST_ONLY");
+    if (only == NULL || only[0] == '\0')
+        return _cmocka_run_group_tests(group, tests, n, NULL, NULL);
+    struct CMUnitTest *sel = calloc(n, sizeof *sel);
+    assert_non_null(sel);
+    size_t k = 0;
+    for (const char *p = only; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        size_t found = 0;
+        for (size_t i = 0; i < n; i++)
+            if (strlen(tests[i].name) == len && strncmp(tests[i].name, p, len) == 0 && k < n) {
+                sel[k++] = tests[i];
+                found = 1;
+            }
+        if (!found) {
+            fprintf(stderr, "BM_TEST_ONLY: no test named %.*s in %s\n", (int)len, p, group);
+            free(sel);
+            return 1;
+        }
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    int rc = _cmocka_run_group_tests(group, sel, k, NULL, NULL);
+    free(sel);
+    return rc;
+}

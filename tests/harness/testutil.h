@@ -36,4 +36,11 @@ int bm_test_free_port(void);
  * when it cannot be worked out. */
 void bm_test_bin(char *buf, size_t len, const char *name);
 
+/* Run the tests of 'tests' (n entries) named in $BM_TEST_ONLY (a comma
+ * separated list; unset or empty: all of them), as cmocka_run_group_tests
+ * does. For runs that only need part of a program, such as the TSan run of
+ * the matcher's concurrency tests (scripts/sanitize). A name that matches
+ * no test fails the run, so a rename cannot silently empty it. */
+int bm_test_run_selected(const char *group, const struct CMUnitTest *tests, size_t n);
+
 #endif /* BM_TESTUTIL_H */

@@ -252,12 +252,13 @@ static void test_audit_chain_across_restart_and_tampering(void **state)
 
     /* Modified: record 2's agency/id changed, its hash kept. */
     Biomatch__V1__AuditRecord *a = decode(&recs[1]);
+    char *id = a->id;
     a->id = (char *)"someone-else";
     size_t mlen = biomatch__v1__audit_record__get_packed_size(a);
     uint8_t *mod = malloc(mlen);
     assert_non_null(mod);
     biomatch__v1__audit_record__pack(a, mod);
-    a->id = NULL;
+    a->id = id;
     biomatch__v1__audit_record__free_unpacked(a, NULL);
     assert_int_equal(verify_copy(&e, "copy-modified", order, 1, mod, mlen, out, sizeof out), 1);
     assert_non_null(strstr(out, "MODIFIED partition=0 offset=1 "));

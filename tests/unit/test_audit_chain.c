@@ -174,11 +174,12 @@ static void test_modified(void **state)
     struct bm_keyring *kr = keyring();
     /* Change the agency of record 4 and keep its hash. */
     Biomatch__V1__AuditRecord *r = biomatch__v1__audit_record__unpack(NULL, recs[4].n, recs[4].p);
+    char *agency = r->agency;
     r->agency = (char *)"agency-b";
     recs[N].n = biomatch__v1__audit_record__get_packed_size(r);
     recs[N].p = malloc(recs[N].n);
     biomatch__v1__audit_record__pack(r, recs[N].p);
-    r->agency = NULL;
+    r->agency = agency;
     biomatch__v1__audit_record__free_unpacked(r, NULL);
     int order[] = {0, 1, 2, 3, N, 5, 6, 7, 8, 9, 10, 11, -1};
     assert_string_equal(check(order, kr, 1), "M");
@@ -249,6 +250,10 @@ static void test_resume_continues_chain(void **state)
     (void)state;
     char err[256];
     struct bm_audit_chain *c = bm_audit_chain_new("node/intake", "audit-1", KEY, err, sizeof err);
+    for (int i = 0; i < N; i++) {
+        free(recs[i].p);
+        recs[i].p = NULL;
+    }
     seal_all(c, 0, 6);
     uint64_t seq;
     uint8_t head[32];
@@ -256,8 +261,6 @@ static void test_resume_continues_chain(void **state)
     bm_audit_chain_free(c);
     c = bm_audit_chain_new("node/intake", "audit-1", KEY, err, sizeof err);
     bm_audit_chain_resume(c, seq, head);
-    for (int i = 6; i < N; i++)
-        free(recs[i].p);
     seal_all(c, 6, N);
     bm_audit_chain_free(c);
     struct bm_keyring *kr = keyring();

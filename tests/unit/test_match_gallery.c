@@ -320,8 +320,8 @@ static void test_search_vs_brute(void **state)
 struct pin_state {
     struct bm_gallery *g;
     atomic_int stop;
-    int bad;
-    int searches;
+    int bad;              /* written by the searcher, read after the join */
+    atomic_int searches;  /* the main thread polls it while the searcher runs */
 };
 
 static void *searcher(void *arg)
@@ -347,7 +347,7 @@ static void *searcher(void *arg)
                 ps->bad++;
         if (n != 100 + ver)
             ps->bad++;
-        ps->searches++;
+        atomic_fetch_add(&ps->searches, 1);
     }
     return NULL;
 }
@@ -361,6 +361,7 @@ static void test_version_pinning(void **state)
     struct bm_gallery *g = bm_gallery_new(&s, pool, err, sizeof err);
     struct pin_state ps = {.g = g};
     atomic_init(&ps.stop, 0);
+    atomic_init(&ps.searches, 0);
     pthread_t th;
     int started = 0;
     float v[64];
@@ -384,15 +385,15 @@ static void test_version_pinning(void **state)
     }
     /* Let the searcher see the final version a few times, bounded. */
     int64_t until = bm_test_now_ms() + 5000;
-    int base = ps.searches;
-    while (ps.searches < base + 5 && bm_test_now_ms() < until) {
+    int base = atomic_load(&ps.searches);
+    while (atomic_load(&ps.searches) < base + 5 && bm_test_now_ms() < until) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
     atomic_store(&ps.stop, 1);
     pthread_join(th, NULL);
     assert_int_equal(ps.bad, 0);
-    assert_true(ps.searches > 0);
+    assert_true(atomic_load(&ps.searches) > 0);
     bm_gallery_free(g);
     bm_pool_free(pool);
 }
@@ -803,5 +804,5 @@ int main(void)
         cmocka_unit_test(test_int8_recall),
         cmocka_unit_test(test_int8_memory),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return bm_test_run_selected("test_match_gallery", tests, sizeof tests / sizeof tests[0]);
 }
