@@ -16,8 +16,7 @@ int bm_fuzz_policy(const uint8_t *data, size_t size)
     (void)bm_policy_agency_count(p);
     static const char *const agencies[] = {"a", "border-police", "*", ""};
     for (size_t i = 0; i < sizeof agencies / sizeof *agencies; i++)
-        (void)bm_policy_check(p, agencies[i], "g", BM_POLICY_OP_ENROLL, "v", 1, NULL, 0, err,
-                              sizeof err);
+        (void)bm_policy_permit(p, agencies[i], "g", BM_POLICY_OP_ENROLL, err, sizeof err);
     bm_policy_destroy(p);
     return 0;
 }

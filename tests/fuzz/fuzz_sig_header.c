@@ -1,5 +1,5 @@
-/* Fuzz the biomatch-signature header check (bm_policy_check) under a fixed
- * policy whose agency requires signatures.
+/* Fuzz the biomatch-signature header check (bm_policy_authenticate) under
+ * a fixed policy whose agency requires signatures.
  *
  * Byte 0 (mod 161) is the header length; the header follows, the record
  * value is the rest. Invariants: the parser never reads outside the header
@@ -40,13 +40,15 @@ int bm_fuzz_sig_header(const uint8_t *data, size_t size)
     BM_FUZZ_CHECK(sig != NULL && value != NULL);
     memcpy(sig, data + 1, hl);
     memcpy(value, data + 1 + hl, size - 1 - hl);
-    enum bm_policy_verdict v =
-        bm_policy_check(p, "border-police", "eu-face", BM_POLICY_OP_IDENTIFY, value,
-                        size - 1 - hl, sig, hl, why, sizeof why);
+    struct bm_sig_record r = {"biomatch.v1.MatchJob", "biomatch.jobs", "job-1", 5, value,
+                              size - 1 - hl, "border-police", "job-1"};
+    int64_t ts = 0;
+    enum bm_policy_verdict v = bm_policy_authenticate(p, &r, sig, hl, 1700000000000LL,
+                                                      300000, &ts, why, sizeof why);
     BM_FUZZ_CHECK(v == BM_POLICY_BAD_SIGNATURE);
     /* An agency the policy does not list is refused before any parsing. */
-    v = bm_policy_check(p, "stranger", "eu-face", BM_POLICY_OP_IDENTIFY, value, size - 1 - hl,
-                        sig, hl, why, sizeof why);
+    r.agency = "stranger";
+    v = bm_policy_authenticate(p, &r, sig, hl, 1700000000000LL, 300000, &ts, why, sizeof why);
     BM_FUZZ_CHECK(v == BM_POLICY_UNAUTHORIZED);
     free(sig);
     free(value);
