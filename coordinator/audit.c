@@ -286,8 +286,7 @@ void bm_audit_close(struct bm_audit *a)
 
 /* ------------------------------------------------------------ emit */
 
-/* The key id of a "<key id>:<signature>" header, if it looks like one. */
-static void signer_of(const struct bm_bus_msg *src, char *out, size_t outlen)
+void bm_audit_signer_key_id(const struct bm_bus_msg *src, char *out, size_t outlen)
 {
     out[0] = '\0';
     if (src == NULL)
@@ -316,7 +315,7 @@ int bm_audit_emit(struct bm_audit *a, Biomatch__V1__AuditRecord *rec,
 {
     char signer[65];
     if (rec->signer_key_id == NULL || rec->signer_key_id[0] == '\0') {
-        signer_of(src, signer, sizeof signer);
+        bm_audit_signer_key_id(src, signer, sizeof signer);
         rec->signer_key_id = signer;
     }
     /* Returned subject ids as keyed hashes unless they may be logged. */

@@ -55,4 +55,10 @@ void bm_audit_close(struct bm_audit *a);
 int bm_audit_emit(struct bm_audit *a, Biomatch__V1__AuditRecord *rec,
                   const struct bm_bus_msg *src);
 
+/* The key id that the biomatch-signature header of 'src' (may be NULL)
+ * names ("<key id>:..."), into 'out' (outlen >= 65); "" when there is no
+ * header or it does not start with a key id. The signature itself is not
+ * checked here: this is what the request claimed, for the audit. */
+void bm_audit_signer_key_id(const struct bm_bus_msg *src, char *out, size_t outlen);
+
 #endif /* BM_COORD_AUDIT_H */

@@ -269,7 +269,8 @@ static int reject(struct bm_intake *in, const struct bm_bus_msg *m,
 
 /* ---------------------------------------------------------------- fan-out */
 
-static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
+static int fan_out(struct bm_intake *in, const struct bm_bus_msg *m,
+                   const Biomatch__V1__MatchJob *job,
                    const Biomatch__V1__GalleryDefinition *def, const char *tasks_topic,
                    const char *traceparent, int64_t now)
 {
@@ -301,6 +302,9 @@ static int fan_out(struct bm_intake *in, const Biomatch__V1__MatchJob *job,
     o.traceparent = (char *)(traceparent ? traceparent : "");
     o.probe_count = (uint32_t)job->n_probes;
     o.claimed_subject = job->claimed_subject;
+    char signer[65];
+    bm_audit_signer_key_id(m, signer, sizeof signer);
+    o.signer_key_id = signer;
     int rc = send_msg(in, in->partials, BM_PARTITION_ANY, job->job_id, idlen, &o.base,
                       traceparent);
     if (rc != BM_OK)
@@ -463,7 +467,7 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
         }
     }
     if (rc == BM_OK)
-        rc = fan_out(in, job, def, tasks, tp, now);
+        rc = fan_out(in, m, job, def, tasks, tp, now);
     else
         rc = reject(in, m, job, def, code, err, tp, reply_ok, now);
     bm_wire_free_job(job);

@@ -99,13 +99,18 @@ static void wait_jobs(struct th_env *e, size_t want)
     assert_int_equal(n, want);
 }
 
+/* n junk job records; the first carries a signature header naming key
+ * "bp-test" (the audit records the key id the request named). */
 static void send_junk(struct th_env *e, const char *jobs, int n)
 {
     char err[256];
     struct bm_producer *p = bm_producer_new(&e->bus, err, sizeof err);
     assert_non_null(p);
+    struct bm_bus_headers h;
+    bm_bus_headers_init(&h);
+    bm_bus_headers_add_str(&h, "biomatch-signature", "bp-test:1700000000000:AAAA");
     for (int i = 0; i < n; i++)
-        th_send(p, jobs, 0, "junk", "\xff\xff\xff junk", 7, NULL);
+        th_send(p, jobs, 0, "junk", "\xff\xff\xff junk", 7, i == 0 ? &h : NULL);
     assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
     bm_producer_free(p);
 }
@@ -196,7 +201,7 @@ static void test_audit_chain_across_restart_and_tampering(void **state)
      * recomputed here, every prev_hash the hash before it. */
     uint8_t key[32], prev[32];
     key_bytes(key);
-    int finals = 0;
+    int finals = 0, signed_seen = 0;
     size_t first_after_restart = 0;
     for (size_t i = 0; i < nrecs; i++) {
         Biomatch__V1__AuditRecord *a = decode(&recs[i]);
@@ -223,6 +228,8 @@ static void test_audit_chain_across_restart_and_tampering(void **state)
             assert_int_equal(a->prev_hash.len, 32);
             assert_memory_equal(a->prev_hash.data, prev, 32);
         }
+        if (strcmp(a->signer_key_id, "bp-test") == 0)
+            signed_seen++;
         if (a->kind == BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_CHECKPOINT && a->checkpoint_final) {
             finals++;
             if (finals == 1)
@@ -232,6 +239,7 @@ static void test_audit_chain_across_restart_and_tampering(void **state)
         biomatch__v1__audit_record__free_unpacked(a, NULL);
     }
     assert_int_equal(finals, 2);
+    assert_int_equal(signed_seen, 2); /* the first junk record of each run */
     /* The chain went on after the first run's final checkpoint. */
     assert_true(first_after_restart > 3 && first_after_restart < nrecs);
     Biomatch__V1__AuditRecord *last = decode(&recs[nrecs - 1]);
