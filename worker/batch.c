@@ -193,14 +193,16 @@ static void score_verify(struct wk *w, struct scratch *sc, struct wk_task *t)
     const char *claimed = t->msg->claimed_subject;
     uint64_t key = bm_subject_key(claimed, strlen(claimed));
     struct bm_gallery *gal = bm_shard_gallery(t->shard->shard);
-    size_t n = 0;
+    size_t n = 0, absent = 0;
     uint64_t comparisons = 0;
     char err[256];
     for (size_t i = 0; i < np; i++) {
         float score = NAN;
         int rc = bm_gallery_verify(gal, &sc->probes[i], key, &score, err, sizeof err);
-        if (rc == BM_ENOTFOUND)
-            continue; /* the subject lives in another shard, or not at all */
+        if (rc == BM_ENOTFOUND) {
+            absent++; /* the subject lives in another shard, or not at all */
+            continue;
+        }
         comparisons++;
         if (rc != BM_OK || isnan(score))
             continue;
@@ -217,6 +219,13 @@ static void score_verify(struct wk *w, struct scratch *sc, struct wk_task *t)
     pr.comparisons = comparisons;
     pr.queue_us = clamp_us(t0 - t->enqueued_us);
     pr.scoring_us = clamp_us(t1 - t0);
+    if (absent == np) {
+        /* "Not here": the aggregator answers ERROR/SUBJECT_NOT_FOUND when
+         * every shard says so, i.e. when no shard holds the subject. */
+        pr.status = BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR;
+        pr.error_code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_SUBJECT_NOT_FOUND;
+        pr.error = (char *)"claimed subject not in this shard";
+    }
     bm_counter_add(g->comparisons, comparisons);
     bm_histogram_observe(g->scoring_seconds, (double)(t1 - t0) / 1e6);
     wk_publish_partial(w, g, t->entry, &pr, WK_ST_OK);

@@ -6,7 +6,8 @@
  * segments (ids and order; scores within 1e-5).
  *
  * Covered, in order (the tests share one gallery and run in sequence):
- * identify and verify answers; a malformed task goes to the dlq and the
+ * identify and verify answers (a shard without the claimed subject answers
+ * SUBJECT_NOT_FOUND); a malformed task goes to the dlq and the
  * next task is still answered; a newly published manifest version is
  * followed (min_gallery_version) and an unreachable version answers
  * GALLERY_VERSION_UNAVAILABLE; a shard whose manifest is gone shows its
@@ -639,8 +640,13 @@ static void test_identify_and_verify(void **state)
     assert_int_equal(v1->first->n_candidates, 1);
     assert_string_equal(v1->first->candidates[0]->subject_id, ids[5]);
     assert_true(fabsf(v1->first->candidates[0]->score - want) <= 1e-5f);
-    assert_int_equal(v2->first->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK);
+    /* Not in this shard: SUBJECT_NOT_FOUND, which the aggregator turns
+     * into the job's answer when no shard holds the subject. */
+    assert_int_equal(v2->first->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR);
+    assert_int_equal(v2->first->error_code,
+                     BIOMATCH__V1__ERROR_CODE__ERROR_CODE_SUBJECT_NOT_FOUND);
     assert_int_equal(v2->first->n_candidates, 0);
+    assert_int_equal(v2->first->comparisons, 0);
 }
 
 static void test_malformed_goes_to_dlq(void **state)
