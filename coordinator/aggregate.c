@@ -26,6 +26,7 @@
 #include "jobtable.h"
 #include "merge.h"
 #include "obs/log.h"
+#include "obs/skew.h"
 #include "obs/metrics.h"
 #include "wire/decode.h"
 #include "wire/template.h"
@@ -236,6 +237,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     t.deadline_passed = now >= o->deadline_unix_ms;
     Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
     const char *error = "";
+    char poisoned[96] = "", poison_error[160];
     uint64_t version = 0, comparisons = 0;
     uint32_t max_q = 0, max_s = 0;
     size_t ncand = 0;
@@ -254,6 +256,16 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
              * is PARTIAL or TIMEOUT whatever the arrival order. */
             if (p->error_code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_DEADLINE_EXCEEDED)
                 continue;
+            /* A quarantined task is missing too, but named: the job still
+             * answers from the other shards (PARTIAL) and says which. */
+            if (p->error_code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON) {
+                if (t.quarantined++ == 0)
+                    snprintf(poisoned, sizeof poisoned, "shard %u", (unsigned)s);
+                else if (strlen(poisoned) + 12 < sizeof poisoned)
+                    snprintf(poisoned + strlen(poisoned), sizeof poisoned - strlen(poisoned),
+                             ", %u", (unsigned)s);
+                continue;
+            }
             if (verify && p->error_code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_SUBJECT_NOT_FOUND) {
                 t.ok++;
                 t.not_found++;
@@ -273,6 +285,12 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
         ncand += p->n_candidates;
     }
     Biomatch__V1__ResultStatus status = bm_merge_status(&t, &code);
+    if (code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON) {
+        snprintf(poison_error, sizeof poison_error,
+                 "%s of %u quarantined: its task failed every attempt", poisoned,
+                 (unsigned)j->shard_count);
+        error = poison_error;
+    }
     if (status == BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR && error[0] == '\0')
         error = "claimed subject not found in any shard";
 
@@ -325,7 +343,8 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     r.gallery = o->gallery;
     r.mode = o->mode;
     r.status = status;
-    if (status == BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR) {
+    if (status == BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR ||
+        code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON) {
         r.error_code = code;
         r.error = (char *)error;
     }
@@ -428,6 +447,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
 
 static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
 {
+    bm_skew_observe(ag->ctx->skew, m->timestamp_ms, bm_wall_ms());
     struct ptrack *pt = track(ag, m->partition);
     if (pt == NULL)
         return BM_ENOMEM;

@@ -50,6 +50,7 @@
 #include "gallery.h"
 #include "match/gallery.h"
 #include "obs/log.h"
+#include "obs/skew.h"
 #include "obs/metrics.h"
 #include "store/galdef.h"
 #include "store/keys.h"
@@ -458,6 +459,7 @@ static Biomatch__V1__ErrorCode authorise(const struct enroll *e,
 static int handle(struct enroll *e, const struct bm_bus_msg *m)
 {
     char why[256];
+    bm_skew_observe(e->ctx->skew, m->timestamp_ms, bm_wall_ms());
     if (m->value == NULL) {
         reject(e, m, NULL, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MALFORMED,
                "enroll record has no value");

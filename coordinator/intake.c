@@ -31,6 +31,7 @@
 #include "conf/topics.h"
 #include "galcache.h"
 #include "obs/log.h"
+#include "obs/skew.h"
 #include "obs/metrics.h"
 #include "store/redis.h"
 #include "wire/decode.h"
@@ -366,6 +367,7 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
     int64_t now = bm_wall_ms();
     int64_t mono = bm_mono_ms();
     size_t max = (size_t)in->conf->coordinator.max_job_bytes;
+    bm_skew_observe(in->ctx->skew, m->timestamp_ms, now);
 
     /* Size first: nothing of an oversized value is read. */
     if (m->valuelen > max) {

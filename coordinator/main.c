@@ -21,6 +21,7 @@
 #include "conf/conf.h"
 #include "obs/http.h"
 #include "obs/log.h"
+#include "obs/skew.h"
 #include "obs/metrics.h"
 #include "aggregate.h"
 #include "intake.h"
@@ -126,8 +127,11 @@ int main(int argc, char **argv)
     atomic_init(&ctx.stop, 0);
     ctx.conf = conf;
     ctx.metrics = bm_metrics_new();
-    if (ctx.metrics == NULL) {
+    if (ctx.metrics != NULL)
+        ctx.skew = bm_skew_new(ctx.metrics, err, sizeof err);
+    if (ctx.metrics == NULL || ctx.skew == NULL) {
         fprintf(stderr, "biomatch-coordinator: out of memory\n");
+        bm_metrics_destroy(ctx.metrics);
         bm_conf_destroy(conf);
         return 1;
     }
@@ -137,6 +141,7 @@ int main(int argc, char **argv)
         ctx.http = bm_http_start(&ho, err, sizeof err);
         if (ctx.http == NULL) {
             BM_LOGF(BM_LOG_ERROR, "health endpoint failed", BM_LF_STR("error", err));
+            bm_skew_free(ctx.skew);
             bm_metrics_destroy(ctx.metrics);
             bm_conf_destroy(conf);
             return 1;
@@ -207,6 +212,7 @@ int main(int argc, char **argv)
     }
     BM_LOGF(BM_LOG_INFO, "coordinator stopped", BM_LF_INT("exit_code", exit_code));
     bm_http_stop(ctx.http);
+    bm_skew_free(ctx.skew);
     bm_metrics_destroy(ctx.metrics);
     bm_conf_destroy(conf);
     return exit_code;

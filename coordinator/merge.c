@@ -76,7 +76,7 @@ int bm_merge_ready(const struct bm_merge_tally *t)
 {
     if (t->deadline_passed)
         return 1;
-    return t->total > 0 && t->ok + t->failed >= t->total;
+    return t->total > 0 && t->ok + t->failed + t->quarantined >= t->total;
 }
 
 Biomatch__V1__ResultStatus bm_merge_status(const struct bm_merge_tally *t,
@@ -91,8 +91,12 @@ Biomatch__V1__ResultStatus bm_merge_status(const struct bm_merge_tally *t,
     }
     if (t->total > 0 && t->ok >= t->total)
         return BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK;
+    if (t->quarantined > 0 && code)
+        *code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON;
     if (t->ok > 0)
         return BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_PARTIAL;
+    if (t->quarantined > 0)
+        return BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR;
     return BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_TIMEOUT;
 }
 

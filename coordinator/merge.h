@@ -58,10 +58,11 @@ struct bm_merge_tally {
     uint32_t not_found;     /* VERIFY: shards that answered SUBJECT_NOT_FOUND */
     int verify;             /* job mode is VERIFY */
     int deadline_passed;    /* the job's deadline is behind us */
+    uint32_t quarantined;   /* shards that answered POISON (not scored) */
 };
 
-/* 1 when the job can be emitted now: every shard answered (ok or failed),
- * or the deadline passed. */
+/* 1 when the job can be emitted now: every shard answered (ok, failed or
+ * quarantined), or the deadline passed. */
 int bm_merge_ready(const struct bm_merge_tally *t);
 
 /* The status of a ready job (see docs/internals/coordinator.md,
@@ -69,10 +70,13 @@ int bm_merge_ready(const struct bm_merge_tally *t);
  *   any shard failed                          -> ERROR (first error's code)
  *   VERIFY, every shard answered not-found    -> ERROR (SUBJECT_NOT_FOUND)
  *   all shards ok                             -> OK
- *   deadline passed, some ok                  -> PARTIAL
+ *   some ok, the others quarantined or late   -> PARTIAL (POISON if any
+ *                                                was quarantined)
+ *   none ok, some quarantined                 -> ERROR (POISON)
  *   deadline passed, none answered            -> TIMEOUT
- * *code gets SUBJECT_NOT_FOUND for the VERIFY case, else is untouched
- * (the caller supplies the failing shard's code). */
+ * A quarantined shard counts as missing, not failed: the job still answers
+ * from the other shards. *code gets SUBJECT_NOT_FOUND or POISON for those
+ * cases, else is untouched (the caller supplies the failing shard's code). */
 Biomatch__V1__ResultStatus bm_merge_status(const struct bm_merge_tally *t,
                                            Biomatch__V1__ErrorCode *code);
 

@@ -27,11 +27,13 @@ struct bm_conf;
 struct bm_metrics;
 struct bm_http;
 struct bm_redis;
+struct bm_skew;
 
 struct bm_coord_ctx {
     const struct bm_conf *conf;   /* loaded configuration; read-only */
     struct bm_metrics *metrics;   /* registry shared by all roles; thread-safe */
     struct bm_http *http;         /* health endpoint, NULL when disabled */
+    struct bm_skew *skew;         /* clock skew estimate of every role; thread-safe */
     atomic_int stop;              /* set to 1 by main on SIGTERM/SIGINT */
     struct bm_outage outage;      /* readiness and metrics while a role waits
                                    * out a Kafka or Redis outage; a zeroed one

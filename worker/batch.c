@@ -35,6 +35,7 @@
 #include "wire/decode.h"
 #include "wire/shard.h"
 #include "wire/template.h"
+#include "fault.h"
 #include "worker.h"
 
 void wk_task_free(struct wk_task *t)
@@ -118,6 +119,7 @@ static uint32_t clamp_us(int64_t us)
 
 static void finish(struct wk *w, struct wk_task *t)
 {
+    wk_attempts_done(w->attempts, t);
     wk_shard_unpin(w, t->shard);
     wk_task_free(t);
 }
@@ -323,8 +325,11 @@ static void score_identify(struct wk *w, struct scratch *sc, struct wk_task **ta
 static int triage(struct wk *w, struct wk_task *t, struct wk_task **parked)
 {
     const Biomatch__V1__MatchTask *m = t->msg;
-    int64_t now_unix = bm_wall_ms();
-    if (m->deadline_unix_ms > 0 && now_unix > m->deadline_unix_ms) {
+    /* The deadline was set on another host's clock: only a task more than
+     * max_clock_skew_ms past it is taken as expired. */
+    int64_t now_unix = bm_wall_ms() + wk_fault_clock_offset_ms();
+    if (m->deadline_unix_ms > 0 &&
+        now_unix - w->conf->max_clock_skew_ms > m->deadline_unix_ms) {
         char why[128];
         snprintf(why, sizeof why, "deadline passed %lld ms before scoring",
                  (long long)(now_unix - m->deadline_unix_ms));
@@ -358,6 +363,62 @@ static int triage(struct wk *w, struct wk_task *t, struct wk_task **parked)
     return 0;
 }
 
+/* Score tasks already counted: identify ones in one pass, verify ones
+ * each on its own. */
+static void score_counted(struct wk *w, struct scratch *sc, struct wk_task **tasks, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        wk_fault_on_score(tasks[i]->msg);
+    if (tasks[0]->msg->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY) {
+        for (size_t i = 0; i < n; i++)
+            score_verify(w, sc, tasks[i]);
+    } else {
+        score_identify(w, sc, tasks, n);
+    }
+}
+
+/* Count an attempt of each task (quarantine.c), answer POISON for those
+ * already started worker.max_task_attempts times, and score the rest:
+ * together when none of them was started before, else each alone, so a
+ * task that crashed a batch is the only one that keeps crashing. While a
+ * pass runs, scoring_since_ms lets the poll thread's watchdog see a hang. */
+static void score_tasks(struct wk *w, struct scratch *sc, struct wk_task **tasks, size_t n)
+{
+    wk_attempts_begin(w->attempts, tasks, n);
+    size_t keep = 0;
+    int retried = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct wk_task *t = tasks[i];
+        if (t->attempt > w->conf->worker.max_task_attempts) {
+            char why[160];
+            snprintf(why, sizeof why,
+                     "quarantined: scoring started %lld times and never finished (limit %d)",
+                     t->attempt - 1, w->conf->worker.max_task_attempts);
+            /* Keep the count: a redelivery of this task is answered the
+             * same way at once. */
+            t->attempt_key[0] = '\0';
+            BM_LOGF(BM_LOG_ERROR, "poison task quarantined", BM_LF_STR("gallery", t->shard->g->name),
+                    BM_LF_INT("shard", t->shard->index),
+                    BM_LF_INT("partition", t->entry->part->partition),
+                    BM_LF_INT("offset", t->entry->offset), BM_LF_INT("attempts", t->attempt - 1));
+            answer_error(w, t, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON, why, WK_ST_POISON);
+            continue;
+        }
+        retried |= t->attempt > 1;
+        tasks[keep++] = t;
+    }
+    if (keep > 0) {
+        atomic_store(&w->scoring_since_ms, bm_mono_ms());
+        if (retried && keep > 1)
+            for (size_t i = 0; i < keep; i++)
+                score_counted(w, sc, &tasks[i], 1);
+        else
+            score_counted(w, sc, tasks, keep);
+        atomic_store(&w->scoring_since_ms, 0);
+    }
+    wk_attempts_flush(w->attempts);
+}
+
 static size_t probes_of(const struct wk_task *t)
 {
     return t->msg->n_probes;
@@ -381,13 +442,8 @@ static void *scorer_main(void *arg)
             struct wk_task *t = parked;
             parked = t->next;
             int r = triage(w, t, &still);
-            if (r == 0) {
-                /* Version reached: score it now (alone or with others). */
-                if (t->msg->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY)
-                    score_verify(w, &sc, t);
-                else
-                    score_identify(w, &sc, &t, 1);
-            }
+            if (r == 0) /* version reached: score it now */
+                score_tasks(w, &sc, &t, 1);
         }
         parked = still;
 
@@ -464,18 +520,14 @@ static void *scorer_main(void *arg)
         for (size_t i = 0; i < nb; i++)
             if (triage(w, batch[i], &parked) == 0)
                 batch[keep++] = batch[i];
-        if (keep > 0) {
-            if (first_identify)
-                score_identify(w, &sc, batch, keep);
-            else
-                score_verify(w, &sc, batch[0]);
-        }
+        if (keep > 0)
+            score_tasks(w, &sc, batch, keep);
         while (others != NULL) {
             struct wk_task *t = others;
             others = t->next;
             t->next = NULL;
             if (triage(w, t, &parked) == 0)
-                score_identify(w, &sc, &t, 1);
+                score_tasks(w, &sc, &t, 1);
         }
     }
     /* Drain: parked tasks are abandoned unanswered; their offsets are never
@@ -500,6 +552,10 @@ int wk_scorer_start(struct wk *w, char *err, size_t errlen)
 {
     atomic_init(&w->scorer_stop, 0);
     atomic_init(&w->scorer_done, 0);
+    atomic_init(&w->scoring_since_ms, 0);
+    w->attempts = wk_attempts_new(w);
+    if (w->attempts == NULL)
+        return bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
     if (pthread_create(&w->scorer, NULL, scorer_main, w) != 0)
         return bm_seterr(err, errlen, BM_ENOMEM, "cannot start the scoring thread");
     w->scorer_started = 1;
@@ -527,4 +583,6 @@ void wk_scorer_join(struct wk *w)
         wk_task_free(t); /* only after a failed start; shards are freed next */
     }
     w->qtail = NULL;
+    wk_attempts_free(w->attempts);
+    w->attempts = NULL;
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/err.h"
@@ -24,6 +25,7 @@
 #include "obs/http.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "obs/skew.h"
 #include "store/galdef.h"
 #include "store/loader.h"
 #include "store/redis.h"
@@ -166,6 +168,9 @@ static int setup(struct wk *w, char *err, size_t errlen)
     int rc = wk_metrics_init(w, err, errlen);
     if (rc != BM_OK)
         return rc;
+    w->skew = bm_skew_new(w->metrics, err, errlen);
+    if (w->skew == NULL)
+        return BM_ENOMEM;
     if (c->http.enabled) {
         struct bm_http_opts ho = {0};
         ho.bind = c->http.bind;
@@ -301,6 +306,16 @@ static int run(struct wk *w)
             bm_http_set_ready(w->http, waiting == 0, why);
             ready = waiting == 0;
         }
+        int64_t since = atomic_load(&w->scoring_since_ms);
+        if (since != 0 && now - since > w->conf->worker.max_scoring_ms) {
+            /* A hung pass never returns, so neither drain nor teardown
+             * could finish. Leave at once: the tasks are redelivered, and
+             * the hang counts as an attempt (quarantine.c). */
+            BM_LOGF(BM_LOG_ERROR, "scoring hung; exiting so its tasks are retried",
+                    BM_LF_INT("scoring_ms", now - since),
+                    BM_LF_INT("max_scoring_ms", w->conf->worker.max_scoring_ms));
+            _exit(1);
+        }
         if (now - last_ready_check >= 1000) {
             last_ready_check = now;
             if (fatal_error(w)) {
@@ -369,6 +384,7 @@ static void teardown(struct wk *w)
     bm_pool_free(w->pool);
     bm_keyring_free(w->keyring);
     bm_http_stop(w->http);
+    bm_skew_free(w->skew);
     bm_metrics_destroy(w->metrics);
     free(w->gal);
     free(w->props);

@@ -14,7 +14,7 @@
 #include "worker.h"
 
 static const char *const status_names[WK_ST_N] = {"ok", "error", "expired",
-                                                  "version_unavailable", "dlq"};
+                                                  "version_unavailable", "dlq", "poison"};
 
 /* Batch sizes in probes: powers of two up to the largest configurable batch. */
 static const double probe_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096};

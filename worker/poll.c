@@ -16,9 +16,11 @@
 #include "common/clock.h"
 #include "common/err.h"
 #include "obs/log.h"
+#include "obs/skew.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
 #include "wire/job.h"
+#include "fault.h"
 #include "worker.h"
 
 void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
@@ -42,6 +44,7 @@ void wk_handle_msg(struct wk *w, struct wk_gallery *g, struct bm_bus_msg *m)
         return;
     }
     atomic_store(&p->next_offset, m->offset + 1);
+    bm_skew_observe(w->skew, m->timestamp_ms, bm_wall_ms() + wk_fault_clock_offset_ms());
     struct wk_entry *e = wk_entry_push(p, m->offset);
     if (e == NULL) {
         /* No entry means no answer: later offsets must not be stored past

@@ -33,6 +33,7 @@
 #include "conf/topics.h"
 #include "match/gallery.h"
 #include "obs/outage.h"
+#include "store/keys.h"
 #include "wire/job.h"
 
 #define WK_VERSION "0.1.0"
@@ -42,6 +43,7 @@
 #define WK_TASK_SLACK_BYTES 1024
 
 struct bm_metrics;
+struct bm_skew;
 struct bm_http;
 struct bm_shard;
 struct bm_counter;
@@ -56,6 +58,7 @@ enum wk_status {
     WK_ST_EXPIRED,       /* deadline passed before scoring */
     WK_ST_VERSION,       /* min_gallery_version not reached in time */
     WK_ST_DLQ,           /* undecodable: sent to the dlq */
+    WK_ST_POISON,        /* quarantined: POISON partial, not scored */
     WK_ST_N
 };
 
@@ -135,6 +138,8 @@ struct wk_task {
     Biomatch__V1__MatchTask *msg;  /* owned */
     int64_t enqueued_us;           /* monotonic, when polled */
     int64_t park_until_ms;         /* monotonic; 0 = not parked */
+    long long attempt;             /* scoring attempts counted so far (0 = unknown) */
+    char attempt_key[BM_KEY_MAX];  /* Redis key of the count; "" = nothing to delete */
     struct wk_task *next;
 };
 
@@ -153,6 +158,7 @@ struct wk {
     struct bm_pool *pool;
     struct bm_keyring *keyring;    /* at-rest keys from the conf; NULL = none */
     struct bm_metrics *metrics;
+    struct bm_skew *skew;          /* clock skew estimate (poll thread observes) */
     struct bm_http *http;
     char partials[BM_TOPIC_MAX];
     char dlq[BM_TOPIC_MAX];
@@ -175,6 +181,8 @@ struct wk {
     atomic_int scorer_stop;        /* finish the queue, abandon parked, exit */
     atomic_int scorer_done;
     int scorer_started;
+    struct wk_attempts *attempts;  /* poison counting (scoring thread) */
+    atomic_llong scoring_since_ms; /* monotonic start of the pass being scored; 0 = idle */
 
     atomic_int draining;
 };
@@ -207,6 +215,19 @@ void wk_scorer_submit(struct wk *w, struct wk_task *t);
 void wk_scorer_finish(struct wk *w);
 void wk_scorer_join(struct wk *w);
 void wk_task_free(struct wk_task *t);
+
+/* quarantine.c: attempts of each task, counted in Redis (scoring thread). */
+struct wk_attempts;
+struct wk_attempts *wk_attempts_new(struct wk *w);
+void wk_attempts_free(struct wk_attempts *a);
+/* Count one more attempt of each task: sets t->attempt (0 when Redis
+ * could not be asked: then BM_EIO and the tasks are scored unchecked) and
+ * t->attempt_key. */
+int wk_attempts_begin(struct wk_attempts *a, struct wk_task **tasks, size_t n);
+/* Scoring of 't' returned: queue the deletion of its count (pipelined). */
+void wk_attempts_done(struct wk_attempts *a, struct wk_task *t);
+/* Read the replies of the queued deletions. */
+void wk_attempts_flush(struct wk_attempts *a);
 
 /* publish.c: partials, dlq records and the offset bookkeeping. */
 struct wk_entry *wk_entry_push(struct wk_part *p, int64_t offset);

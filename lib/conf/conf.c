@@ -87,6 +87,12 @@ static const struct key KEYS[] = {
      F(worker.refresh_interval_ms), 0, 10, 3600000, NULL},
     {"worker.drain_timeout_ms", "BIOMATCH_WORKER_DRAIN_TIMEOUT_MS", K_INT,
      F(worker.drain_timeout_ms), 0, 0, 3600000, NULL},
+    {"worker.max_task_attempts", "BIOMATCH_WORKER_MAX_TASK_ATTEMPTS", K_INT,
+     F(worker.max_task_attempts), 0, 1, 100, NULL},
+    {"worker.max_scoring_ms", "BIOMATCH_WORKER_MAX_SCORING_MS", K_INT,
+     F(worker.max_scoring_ms), 0, 100, 3600000, NULL},
+    {"max_clock_skew_ms", "BIOMATCH_MAX_CLOCK_SKEW_MS", K_INT, F(max_clock_skew_ms), 0, 0,
+     600000, NULL},
     {"coordinator.default_deadline_ms", "BIOMATCH_COORDINATOR_DEFAULT_DEADLINE_MS", K_INT,
      F(coordinator.default_deadline_ms), 0, 1, 3600000, NULL},
     {"coordinator.max_job_bytes", "BIOMATCH_COORDINATOR_MAX_JOB_BYTES", K_I64,
@@ -652,6 +658,9 @@ static int set_defaults(struct bm_conf *c)
     c->worker.min_version_wait_ms = 5000;
     c->worker.refresh_interval_ms = 500;
     c->worker.drain_timeout_ms = 30000;
+    c->worker.max_task_attempts = 3;
+    c->worker.max_scoring_ms = 120000;
+    c->max_clock_skew_ms = 2000;
     c->coordinator.default_deadline_ms = 5000;
     c->coordinator.max_job_bytes = MIB;
     c->coordinator.max_top_k = 1000;

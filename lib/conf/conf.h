@@ -72,7 +72,10 @@ struct bm_conf {
         int min_version_wait_ms;
         int refresh_interval_ms;   /* how often loaded shards follow their manifest */
         int drain_timeout_ms;
+        int max_task_attempts;     /* a task is scored at most this often (poison) */
+        int max_scoring_ms;        /* longer on one batch = hung: exit to be retried */
     } worker;
+    int max_clock_skew_ms;         /* deadline checks tolerate this much clock skew */
     struct {
         int default_deadline_ms;
         int64_t max_job_bytes;

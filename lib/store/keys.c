@@ -69,6 +69,18 @@ int bm_key_manifest(char *buf, size_t len, const char *gallery, uint32_t shard)
                                      gallery, shard));
 }
 
+int bm_key_attempts(char *buf, size_t len, const char *gallery, uint32_t shard,
+                    int32_t partition, int64_t offset, uint64_t tag)
+{
+    if (buf == NULL || !check_name(gallery, BM_GALLERY_NAME_MAX, 0) || partition < 0 ||
+        offset < 0)
+        return refuse(buf, len);
+    return finish(buf, len,
+                  snprintf(buf, len, "bm:{%s:%" PRIu32 "}:attempts:%" PRId32 ":%" PRId64
+                                     ":%016" PRIx64,
+                           gallery, shard, partition, offset, tag));
+}
+
 int bm_key_segment(char *buf, size_t len, const char *gallery, uint32_t shard,
                    uint64_t segment_id)
 {

@@ -37,6 +37,14 @@ int bm_key_manifest(char *buf, size_t len, const char *gallery, uint32_t shard);
 int bm_key_segment(char *buf, size_t len, const char *gallery, uint32_t shard,
                    uint64_t segment_id);
 
+/* "bm:{<gallery>:<shard>}:attempts:<partition>:<offset>:<tag>": how many
+ * times a worker started scoring the task at that offset of tasks.<gallery>
+ * (an integer, set with a TTL; worker.max_task_attempts). 'tag' (16 hex
+ * digits, a hash of the job id) keeps a recreated topic's offsets from
+ * inheriting old counts. */
+int bm_key_attempts(char *buf, size_t len, const char *gallery, uint32_t shard,
+                    int32_t partition, int64_t offset, uint64_t tag);
+
 /* "bm:gallery:<name>": the gallery definition. */
 int bm_key_gallery(char *buf, size_t len, const char *name);
 

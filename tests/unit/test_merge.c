@@ -128,34 +128,55 @@ static void test_status_rules(void **state)
 {
     (void)state;
     Biomatch__V1__ErrorCode code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
-    struct bm_merge_tally t = {4, 4, 0, 0, 0, 0};
+    struct bm_merge_tally t = {4, 4, 0, 0, 0, 0, 0};
     assert_true(bm_merge_ready(&t));
     assert_int_equal(bm_merge_status(&t, &code), S_OK);
 
-    t = (struct bm_merge_tally){4, 3, 0, 0, 0, 0};
+    t = (struct bm_merge_tally){4, 3, 0, 0, 0, 0, 0};
     assert_false(bm_merge_ready(&t)); /* one shard missing, deadline ahead */
     t.deadline_passed = 1;
     assert_true(bm_merge_ready(&t));
     assert_int_equal(bm_merge_status(&t, &code), S_PARTIAL);
 
-    t = (struct bm_merge_tally){4, 0, 0, 0, 0, 1};
+    t = (struct bm_merge_tally){4, 0, 0, 0, 0, 1, 0};
     assert_int_equal(bm_merge_status(&t, &code), S_TIMEOUT);
 
-    t = (struct bm_merge_tally){4, 3, 1, 0, 0, 0};
+    t = (struct bm_merge_tally){4, 3, 1, 0, 0, 0, 0};
     assert_true(bm_merge_ready(&t)); /* all answered, one failed */
     assert_int_equal(bm_merge_status(&t, &code), S_ERROR);
-    t = (struct bm_merge_tally){4, 1, 1, 0, 0, 1};
+    t = (struct bm_merge_tally){4, 1, 1, 0, 0, 1, 0};
     assert_int_equal(bm_merge_status(&t, &code), S_ERROR); /* error beats partial */
     assert_int_equal(code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE);
 
     /* VERIFY: not-found shards count as answered; all not-found = error. */
-    t = (struct bm_merge_tally){3, 3, 0, 2, 1, 0};
+    t = (struct bm_merge_tally){3, 3, 0, 2, 1, 0, 0};
     assert_int_equal(bm_merge_status(&t, &code), S_OK);
-    t = (struct bm_merge_tally){3, 3, 0, 3, 1, 0};
+    t = (struct bm_merge_tally){3, 3, 0, 3, 1, 0, 0};
     assert_int_equal(bm_merge_status(&t, &code), S_ERROR);
     assert_int_equal(code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_SUBJECT_NOT_FOUND);
 
-    t = (struct bm_merge_tally){0, 0, 0, 0, 0, 0};
+    /* A quarantined shard is missing, not failed: the job is PARTIAL with
+     * POISON as soon as every shard answered; with no OK shard, ERROR. */
+    code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    t = (struct bm_merge_tally){4, 3, 0, 0, 0, 0, 1};
+    assert_true(bm_merge_ready(&t));
+    assert_int_equal(bm_merge_status(&t, &code), S_PARTIAL);
+    assert_int_equal(code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
+    code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    t = (struct bm_merge_tally){2, 0, 0, 0, 0, 0, 2};
+    assert_true(bm_merge_ready(&t));
+    assert_int_equal(bm_merge_status(&t, &code), S_ERROR);
+    assert_int_equal(code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
+    code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    t = (struct bm_merge_tally){4, 2, 0, 0, 0, 1, 1};
+    assert_int_equal(bm_merge_status(&t, &code), S_PARTIAL); /* one late, one quarantined */
+    assert_int_equal(code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
+    code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE;
+    t = (struct bm_merge_tally){4, 2, 1, 0, 0, 0, 1};
+    assert_int_equal(bm_merge_status(&t, &code), S_ERROR); /* a failure still wins */
+    assert_int_equal(code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE);
+
+    t = (struct bm_merge_tally){0, 0, 0, 0, 0, 0, 0};
     assert_false(bm_merge_ready(&t));
 }
 

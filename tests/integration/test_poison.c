@@ -1,0 +1,386 @@
+/* The pipeline's answers when a task or a clock misbehaves, through the
+ * real processes: one biomatch-coordinator (intake, aggregate, gallery) and
+ * one biomatch-worker-fault (the worker with the test-only fault hooks of
+ * worker/fault.h), on the real broker and Redis of the integration fixture.
+ *
+ * Setup: a unique int8 face gallery (d = 512, S = 2, R = 1) enrolled
+ * through the enroll topic and sealed by the coordinator.
+ *
+ * Covered, in order (the tests share the processes):
+ *  - VERIFY against a subject no shard holds ends ERROR/SUBJECT_NOT_FOUND
+ *    (each shard answers "not here"; the aggregator maps it), and VERIFY of
+ *    an enrolled subject still ends OK;
+ *  - a poison task: a job whose shard-1 task aborts the worker as it starts
+ *    scoring. The test restarts the worker after each crash, as a
+ *    supervisor would. The worker crashes exactly worker.max_task_attempts
+ *    (3) times, then shard 1 answers POISON and the job ends PARTIAL with
+ *    POISON naming shard 1 (shard 0's candidates kept); the worker stays up
+ *    and answers the next job;
+ *  - a worker whose clock runs 10 s ahead (BIOMATCH_FAULT_CLOCK_OFFSET_MS)
+ *    still answers a job whose deadline is 8 s away, because its deadline
+ *    check allows max_clock_skew_ms (15 s here), and its
+ *    biomatch_clock_skew_seconds shows about +10 s.
+ * Every wait is bounded; every child is killed at exit. Times are printed,
+ * never asserted. */
+#include "test_gallery_util.h"
+
+#define S 2
+#define NSUBJ 24
+#define MAX_ATTEMPTS 3
+#define CLOCK_AHEAD_MS 10000
+#define WAIT_MS 120000
+
+static struct gt g;
+static char t_jobs[BM_TOPIC_MAX], t_tasks[BM_TOPIC_MAX], t_partials[BM_TOPIC_MAX];
+static char t_results[BM_TOPIC_MAX];
+static char wconfig[300], wlog[300];
+static int http_port;
+static pid_t worker = -1;
+static int64_t clock_offset_ms;
+static int crashes;                  /* worker exits seen by the supervisor */
+static struct bm_consumer *results_c;
+static int seq;
+
+/* Signal the worker this test started and reap it. Only ever a positive
+ * pid: kill(-1, sig) would signal every process on the machine. */
+static void stop_worker(int sig)
+{
+    if (worker <= 0)
+        return;
+    kill(worker, sig);
+    waitpid(worker, NULL, 0);
+    worker = -1;
+}
+
+static void kill_worker_at_exit(void)
+{
+    stop_worker(SIGKILL);
+}
+
+static void start_worker(void)
+{
+    char self[PATH_MAX], bin[PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    assert_true(n > 0);
+    self[n] = '\0';
+    snprintf(bin, sizeof bin, "%s/../bin/biomatch-worker-fault", dirname(self));
+    pid_t pid = fork();
+    assert_true(pid > 0 || pid == 0);
+    if (pid == 0) {
+        char off[32];
+        snprintf(off, sizeof off, "%lld", (long long)clock_offset_ms);
+        setenv("BIOMATCH_FAULT_CLOCK_OFFSET_MS", off, 1);
+        FILE *lf = fopen(wlog, "a");
+        if (lf != NULL) {
+            dup2(fileno(lf), 2);
+            dup2(fileno(lf), 1);
+        }
+        char *args[] = {bin, (char *)"--config", wconfig, NULL};
+        execv(bin, args);
+        _exit(127);
+    }
+    worker = pid;
+}
+
+/* The supervisor: a worker that exited is counted and started again. */
+static void supervise(void)
+{
+    int st = 0;
+    if (worker > 0 && waitpid(worker, &st, WNOHANG) == worker) {
+        crashes++;
+        printf("# worker exited (%s %d); restarting\n",
+               WIFSIGNALED(st) ? "signal" : "status",
+               WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        worker = -1;
+        if (crashes > MAX_ATTEMPTS)
+            fail_msg("the worker crashed %d times on one task: it was never quarantined",
+                     crashes);
+        start_worker();
+        assert_true(worker > 0);
+    }
+}
+
+static void write_configs(void)
+{
+    /* The coordinator: all three roles, the file gt_setup made rewritten. */
+    FILE *f = fopen(g.config, "w");
+    assert_non_null(f);
+    const char *lvl = getenv("BIOMATCH_TEST_COORD_LOG");
+    fprintf(f,
+            "node_id: poison-coord-%d\n"
+            "topic_prefix: \"%s\"\nbrokers: \"%s\"\nredis:\n  url: \"%s\"\n"
+            "http:\n  enabled: false\nlog:\n  level: %s\n"
+            "coordinator:\n  roles: [intake, aggregate, gallery]\n  segment_max_age_ms: 200\n"
+            "kafka:\n  session.timeout.ms: \"6000\"\n  heartbeat.interval.ms: \"500\"\n",
+            (int)getpid(), g.prefix, bm_test_env("BIOMATCH_KAFKA_BROKERS"),
+            bm_test_env("BIOMATCH_REDIS_URL"), lvl != NULL ? lvl : "warn");
+    fclose(f);
+    snprintf(wconfig, sizeof wconfig, "%s.worker.yaml", g.config);
+    snprintf(wlog, sizeof wlog, "%s.worker.log", g.config);
+    http_port = bm_test_free_port();
+    f = fopen(wconfig, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "node_id: poison-worker-%d\n"
+            "topic_prefix: \"%s\"\nbrokers: \"%s\"\nredis:\n  url: \"%s\"\n"
+            "http:\n  enabled: true\n  bind: 127.0.0.1\n  port: %d\nlog:\n  level: info\n"
+            "max_clock_skew_ms: 15000\n"
+            "worker:\n  galleries: [%s]\n  threads: 1\n  max_task_attempts: %d\n"
+            "  refresh_interval_ms: 200\n  drain_timeout_ms: 5000\n"
+            "kafka:\n  session.timeout.ms: \"6000\"\n  heartbeat.interval.ms: \"500\"\n",
+            (int)getpid(), g.prefix, bm_test_env("BIOMATCH_KAFKA_BROKERS"),
+            bm_test_env("BIOMATCH_REDIS_URL"), http_port, g.gallery, MAX_ATTEMPTS);
+    fclose(f);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    char err[512];
+    atexit(kill_worker_at_exit);
+    gt_setup(&g, S, 1 << 20, 200);
+    assert_int_equal(bm_topic_name(t_jobs, sizeof t_jobs, g.prefix, BM_TOPIC_JOBS), 0);
+    assert_int_equal(bm_topic_name(t_partials, sizeof t_partials, g.prefix, BM_TOPIC_PARTIALS), 0);
+    assert_int_equal(bm_topic_name(t_results, sizeof t_results, g.prefix, BM_TOPIC_RESULTS), 0);
+    assert_int_equal(bm_topic_tasks(t_tasks, sizeof t_tasks, g.prefix, g.gallery), 0);
+    struct bm_bus_conf bc = gt_bus();
+    struct bm_admin *a = bm_admin_new(&bc, err, sizeof err);
+    assert_non_null(a);
+    struct bm_bus_topic_spec topics[] = {
+        {t_jobs, 1, -1, NULL, 0},
+        {t_partials, 1, -1, NULL, 0},
+        {t_results, 1, -1, NULL, 0},
+        {t_tasks, S, -1, NULL, 0},
+    };
+    if (bm_admin_create_topics(a, topics, 4, GT_WAIT_MS, err, sizeof err) != BM_OK)
+        fail_msg("create topics: %s", err);
+    bm_admin_free(a);
+    write_configs();
+
+    for (int i = 0; i < NSUBJ; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "person-%d", i);
+        gt_enroll(&g, g.gallery, id, BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT,
+                  (uint64_t)i + 1, 0, NULL);
+    }
+    gt_flush(&g);
+    gt_start(&g);
+    gt_wait_total(&g, NSUBJ, 60000);
+
+    results_c = bm_consumer_new(&bc, NULL, NULL, NULL, err, sizeof err);
+    assert_non_null(results_c);
+    struct bm_bus_tp tp = {t_results, 0, BM_OFFSET_BEGINNING};
+    assert_int_equal(bm_consumer_assign(results_c, &tp, 1, err, sizeof err), BM_OK);
+    start_worker();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    stop_worker(SIGTERM);
+    bm_consumer_free(results_c);
+    gt_teardown(&g);
+    unlink(wconfig);
+    unlink(wlog);
+    return 0;
+}
+
+/* Submit a job: probe = the enrolled vector of person-<mate>; VERIFY when
+ * 'claimed' is not NULL; deadline_in_ms 0 = the coordinator's default. */
+static void submit(const char *job_id, const char *claimed, int mate, int64_t deadline_in_ms)
+{
+    Biomatch__V1__MatchJob job = BIOMATCH__V1__MATCH_JOB__INIT;
+    Biomatch__V1__Template t = BIOMATCH__V1__TEMPLATE__INIT;
+    Biomatch__V1__DenseEmbedding d = BIOMATCH__V1__DENSE_EMBEDDING__INIT;
+    Biomatch__V1__Template *probes[1] = {&t};
+    int8_t q[512];
+    gt_vector(q, 512, (uint64_t)mate + 1);
+    d.dim = 512;
+    d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_INT8;
+    d.scale = 0.01f;
+    d.data.data = (uint8_t *)q;
+    d.data.len = sizeof q;
+    t.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
+    t.kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
+    t.dense = &d;
+    job.job_id = (char *)job_id;
+    job.agency = (char *)"test-agency";
+    job.gallery = g.gallery;
+    job.mode = claimed != NULL ? BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY
+                               : BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
+    job.claimed_subject = (char *)(claimed != NULL ? claimed : "");
+    job.top_k = 5;
+    job.has_threshold = claimed != NULL;
+    job.threshold = 0.5f;
+    job.n_probes = 1;
+    job.probes = probes;
+    if (deadline_in_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        job.deadline_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + deadline_in_ms;
+    }
+    size_t len = 0;
+    uint8_t *buf = bm_wire_encode(&job.base, &len);
+    assert_non_null(buf);
+    int failed = 0;
+    assert_int_equal(bm_producer_send(g.producer, t_jobs, 0, job_id, strlen(job_id), buf, len,
+                                      NULL, 0, gt_delivery, &failed),
+                     BM_OK);
+    free(buf);
+    assert_int_equal(bm_producer_flush(g.producer, 30000), BM_OK);
+    assert_int_equal(failed, 0);
+}
+
+/* The first result of 'job_id' (caller frees), restarting a crashed worker
+ * while waiting. */
+static Biomatch__V1__MatchResult *await_result(const char *job_id, int timeout_ms)
+{
+    char err[256];
+    int64_t end = bm_test_now_ms() + timeout_ms;
+    while (bm_test_now_ms() < end) {
+        supervise();
+        struct bm_bus_msg *m = NULL;
+        if (bm_consumer_poll(results_c, 200, &m, err, sizeof err) != BM_OK)
+            continue;
+        Biomatch__V1__MatchResult *r =
+            bm_wire_decode_result(m->value, m->valuelen, 1 << 20, err, sizeof err);
+        bm_bus_msg_free(m);
+        if (r != NULL && strcmp(r->job_id, job_id) == 0)
+            return r;
+        bm_wire_free_result(r);
+    }
+    fail_msg("no result for %s within %d ms", job_id, timeout_ms);
+    return NULL;
+}
+
+static void job_id(char *buf, size_t len, const char *what)
+{
+    snprintf(buf, len, "%s-%s-%d", what, g.gallery, seq++);
+}
+
+/* An IDENTIFY job answered OK by both shards: the worker is up and serving. */
+static void expect_served(void)
+{
+    char id[160];
+    job_id(id, sizeof id, "warm");
+    submit(id, NULL, 3, 0);
+    Biomatch__V1__MatchResult *r = await_result(id, WAIT_MS);
+    if (r->status != BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK)
+        fail_msg("%s: status %d code %d '%s'", id, r->status, r->error_code, r->error);
+    assert_true(r->n_candidates > 0);
+    assert_string_equal(r->candidates[0]->subject_id, "person-3");
+    bm_wire_free_result(r);
+}
+
+static void test_verify_unknown_subject(void **state)
+{
+    (void)state;
+    expect_served();
+    char id[160];
+    job_id(id, sizeof id, "verify-unknown");
+    submit(id, "nobody-enrolled-this", 3, 0);
+    Biomatch__V1__MatchResult *r = await_result(id, WAIT_MS);
+    printf("# %s: status %d code %d '%s'\n", id, r->status, r->error_code, r->error);
+    assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR);
+    assert_int_equal(r->error_code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_SUBJECT_NOT_FOUND);
+    assert_false(r->verified);
+    assert_int_equal(r->n_candidates, 0);
+    bm_wire_free_result(r);
+
+    job_id(id, sizeof id, "verify-known");
+    submit(id, "person-5", 5, 0);
+    r = await_result(id, WAIT_MS);
+    assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK);
+    assert_true(r->verified);
+    assert_int_equal(r->n_candidates, 1);
+    assert_string_equal(r->candidates[0]->subject_id, "person-5");
+    bm_wire_free_result(r);
+}
+
+/* The value of an unlabelled series in the worker's /metrics, or NAN. */
+static double scrape(const char *series)
+{
+    static char body[1 << 16];
+    if (bm_test_http(http_port, "GET", "/metrics", body, sizeof body) != 200)
+        return NAN;
+    char needle[160];
+    snprintf(needle, sizeof needle, "\n%s ", series);
+    const char *p = strstr(body, needle);
+    return p != NULL ? strtod(p + strlen(needle), NULL) : NAN;
+}
+
+static void test_poison_task_quarantined(void **state)
+{
+    (void)state;
+    char id[160];
+    /* fault.h: "bm-fault-abort-s1" aborts the worker on shard 1's task only. */
+    snprintf(id, sizeof id, "bm-fault-abort-s1-%s", g.gallery);
+    crashes = 0;
+    int64_t t0 = bm_test_now_ms();
+    submit(id, NULL, 7, 90000);
+    Biomatch__V1__MatchResult *r = await_result(id, WAIT_MS);
+    printf("# %s: status %d code %d '%s' after %d crashes, %lld ms\n", id, r->status,
+           r->error_code, r->error, crashes, (long long)(bm_test_now_ms() - t0));
+    assert_int_equal(crashes, MAX_ATTEMPTS);
+    assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_PARTIAL);
+    assert_int_equal(r->error_code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
+    assert_non_null(strstr(r->error, "shard 1"));
+    assert_int_equal(r->shards_answered, 1);
+    assert_int_equal(r->shards_total, S);
+    /* Shard 0 scored: person-7 is found if it lives there. */
+    if (bm_shard_of("person-7", 8, S) == 0) {
+        assert_true(r->n_candidates > 0);
+        assert_string_equal(r->candidates[0]->subject_id, "person-7");
+    }
+    bm_wire_free_result(r);
+
+    /* The worker that answered POISON is still up, and serves. */
+    expect_served();
+    supervise();
+    assert_int_equal(crashes, MAX_ATTEMPTS);
+    assert_true(worker > 0);
+    assert_int_equal(waitpid(worker, NULL, WNOHANG), 0); /* still running */
+    double poison = NAN;
+    static char body[1 << 16];
+    if (bm_test_http(http_port, "GET", "/metrics", body, sizeof body) == 200) {
+        const char *p = strstr(body, "status=\"poison\"} ");
+        if (p != NULL)
+            poison = strtod(p + strlen("status=\"poison\"} "), NULL);
+    }
+    assert_true(poison >= 1.0);
+}
+
+static void test_clock_ahead_within_tolerance(void **state)
+{
+    (void)state;
+    stop_worker(SIGTERM);
+    clock_offset_ms = CLOCK_AHEAD_MS;
+    start_worker();
+    expect_served();
+
+    char id[160];
+    job_id(id, sizeof id, "skewed");
+    /* 8 s away for everyone else, 2 s past for the worker's clock. */
+    submit(id, NULL, 9, 8000);
+    Biomatch__V1__MatchResult *r = await_result(id, WAIT_MS);
+    printf("# %s: status %d code %d '%s'\n", id, r->status, r->error_code, r->error);
+    assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK);
+    assert_int_equal(r->shards_answered, S);
+    bm_wire_free_result(r);
+
+    double skew = scrape("biomatch_clock_skew_seconds");
+    printf("# worker clock %d ms ahead: biomatch_clock_skew_seconds %.3f\n", CLOCK_AHEAD_MS,
+           skew);
+    assert_true(skew >= CLOCK_AHEAD_MS / 1000.0 - 0.5 && skew <= CLOCK_AHEAD_MS / 1000.0 + 3.0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_verify_unknown_subject),
+        cmocka_unit_test(test_poison_task_quarantined),
+        cmocka_unit_test(test_clock_ahead_within_tolerance),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
