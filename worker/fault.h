@@ -2,10 +2,11 @@
  * purpose, so the quarantine of poison tasks and the fault matrix can be
  * tested against a real process.
  *
- * They exist only in biomatch-worker-fault, a second build of the worker
- * compiled with BM_FAULT_HOOKS (worker/CMakeLists.txt) next to
- * build/bin/biomatch-worker; it is never installed or shipped. In the
- * normal worker every hook below is an empty inline function.
+ * They exist only in build/tests/biomatch-worker-fault, a second build of
+ * the worker compiled with BM_FAULT_HOOKS (worker/CMakeLists.txt); it takes
+ * the same command line and configuration as build/bin/biomatch-worker and
+ * is never installed or shipped. In the normal worker every hook below is
+ * an empty inline function.
  *
  * How to trigger them (test build only):
  *  - a task whose job_id starts with "bm-fault-abort" makes the worker

@@ -1,7 +1,7 @@
 /* The pipeline's answers when a task or a clock misbehaves, through the
  * real processes: one biomatch-coordinator (intake, aggregate, gallery) and
- * one biomatch-worker-fault (the worker with the test-only fault hooks of
- * worker/fault.h), on the real broker and Redis of the integration fixture.
+ * one build/tests/biomatch-worker-fault (the worker with the test-only fault
+ * hooks of worker/fault.h), on the real broker and Redis of the integration fixture.
  *
  * Setup: a unique int8 face gallery (d = 512, S = 2, R = 1) enrolled
  * through the enroll topic and sealed by the coordinator.
@@ -63,7 +63,7 @@ static void start_worker(void)
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     assert_true(n > 0);
     self[n] = '\0';
-    snprintf(bin, sizeof bin, "%s/../bin/biomatch-worker-fault", dirname(self));
+    snprintf(bin, sizeof bin, "%s/biomatch-worker-fault", dirname(self)); /* build/tests */
     pid_t pid = fork();
     assert_true(pid > 0 || pid == 0);
     if (pid == 0) {
