@@ -84,7 +84,7 @@ static int verify(int argc, char **argv)
     struct cli_common c = { 0 };
     const char *from_s = NULL, *topic_s = NULL, *key_file = NULL, *key_id = NULL,
                *previous = NULL, *interval_s = NULL;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--from", "OFFSET", &from_s, "start every partition at OFFSET (chains may then "
           "start mid-way) instead of its first record" },

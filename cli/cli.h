@@ -12,16 +12,9 @@
 
 #include "bus/bus.h"
 #include "conf/conf.h"
+#include "opts.h"
 #include "store/redis.h"
 
-/* One flag. 'val' receives the argument (borrowed from argv) or, for a
- * switch (has_arg 0), the string "1". */
-struct cli_opt {
-    const char *name;       /* "--dim" */
-    const char *arg;        /* argument name for --help, NULL for a switch */
-    const char **val;
-    const char *help;
-};
 
 /* The flags shared by every subcommand that talks to Kafka or Redis. */
 struct cli_common {
@@ -39,16 +32,10 @@ struct cli_common {
     { "--redis", "URL", &(c)->redis, "Redis URL (default: config / BIOMATCH_REDIS_URL)" },   \
     { "--prefix", "PREFIX", &(c)->prefix, "topic prefix (default: config, \"biomatch.\")" }
 
-/* Parse argv[first..argc) against 'opts' (n entries). Positional arguments
- * go to pos[] (at most maxpos; *npos receives the count). "--help" prints
- * the usage and returns 1; an error prints a message and returns -1;
- * success returns 0. Accepts "--flag value" and "--flag=value". */
-int cli_parse(int argc, char **argv, int first, const struct cli_opt *opts, size_t n,
+/* bm_opts_parse (tools/opts.h) with the command's name in its messages. */
+int cli_parse(int argc, char **argv, int first, const struct bm_opt *opts, size_t n,
               const char **pos, size_t maxpos, size_t *npos, const char *usage,
               const char *summary);
-
-/* Print the usage block (usage line, summary, every flag). */
-void cli_usage(const char *usage, const char *summary, const struct cli_opt *opts, size_t n);
 
 /* Strict number parsing; 0 on success, -1 (message printed) otherwise. */
 int cli_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *out);

@@ -1,8 +1,6 @@
 /* Shared plumbing of the `biomatch` command (see cli.h): the flag parser
- * and --help printer, strict number parsing, and the connection settings.
- *
- * Invariant: a subcommand never sees a flag it did not declare; an unknown
- * flag or a missing argument stops the command with a message naming it. */
+ * (bm_tools' opts.c under the command's name), strict number parsing, and
+ * the connection settings. */
 #include "cli.h"
 #include "obs/log.h"
 #include "store/redis_conf.h"
@@ -12,66 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-void cli_usage(const char *usage, const char *summary, const struct cli_opt *opts, size_t n)
-{
-    printf("usage: %s\n\n%s\n\nflags:\n", usage, summary);
-    for (size_t i = 0; i < n; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "%s%s%s", opts[i].name, opts[i].arg ? " " : "",
-                 opts[i].arg ? opts[i].arg : "");
-        if (strlen(left) > 28)
-            printf("  %s\n  %-28s %s\n", left, "", opts[i].help);
-        else
-            printf("  %-28s %s\n", left, opts[i].help);
-    }
-    printf("  %-28s %s\n", "--help", "show this help");
-}
-
-int cli_parse(int argc, char **argv, int first, const struct cli_opt *opts, size_t n,
+int cli_parse(int argc, char **argv, int first, const struct bm_opt *opts, size_t n,
               const char **pos, size_t maxpos, size_t *npos, const char *usage,
               const char *summary)
 {
-    *npos = 0;
-    for (int i = first; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            cli_usage(usage, summary, opts, n);
-            return 1;
-        }
-        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            if (*npos >= maxpos) {
-                fprintf(stderr, "biomatch: unexpected argument '%s' (see --help)\n", a);
-                return -1;
-            }
-            pos[(*npos)++] = a;
-            continue;
-        }
-        const char *eq = strchr(a, '=');
-        size_t len = eq ? (size_t)(eq - a) : strlen(a);
-        const struct cli_opt *o = NULL;
-        for (size_t k = 0; k < n; k++)
-            if (strlen(opts[k].name) == len && strncmp(opts[k].name, a, len) == 0)
-                o = &opts[k];
-        if (o == NULL) {
-            fprintf(stderr, "biomatch: unknown flag '%.*s' (see --help)\n", (int)len, a);
-            return -1;
-        }
-        if (o->arg == NULL) {
-            if (eq != NULL) {
-                fprintf(stderr, "biomatch: flag %s takes no value\n", o->name);
-                return -1;
-            }
-            *o->val = "1";
-        } else if (eq != NULL) {
-            *o->val = eq + 1;
-        } else if (i + 1 < argc) {
-            *o->val = argv[++i];
-        } else {
-            fprintf(stderr, "biomatch: flag %s needs a value (%s)\n", o->name, o->arg);
-            return -1;
-        }
-    }
-    return 0;
+    return bm_opts_parse("biomatch", argc, argv, first, opts, n, pos, maxpos, npos, usage,
+                         summary);
 }
 
 int cli_u64(const char *flag, const char *s, uint64_t *out)

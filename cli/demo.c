@@ -35,6 +35,7 @@
 #include "conf/policy.h"
 #include "conf/topics.h"
 #include "matchjob.h"
+#include "synth.h"
 #include "store/manifest.h"
 #include "store/redis.h"
 #include "up.h"
@@ -70,40 +71,11 @@
 #define ENROLL_PARTITIONS 4u
 #define CHUNK_RECORD_OVERHEAD 192u /* ids, fields, header, record framing */
 
-struct rng {
-    uint64_t s;
-};
-
-/* splitmix64 (Steele, Lea and Flood). */
-static uint64_t rnd64(struct rng *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double rnd01(struct rng *r)
-{
-    return (double)(rnd64(r) >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* Two independent standard normals (Box-Muller). */
-static void normal2(struct rng *r, double *a, double *b)
-{
-    double u1 = rnd01(r), u2 = rnd01(r);
-    if (u1 < 1e-300)
-        u1 = 1e-300;
-    double m = sqrt(-2.0 * log(u1));
-    *a = m * cos(6.283185307179586 * u2);
-    *b = m * sin(6.283185307179586 * u2);
-}
-
-static void fill_normal(struct rng *r, float *out, size_t n)
+static void fill_normal(struct bm_synth *r, float *out, size_t n)
 {
     for (size_t i = 0; i < n; i += 2) {
         double a, b;
-        normal2(r, &a, &b);
+        bm_synth_normal2(r, &a, &b);
         out[i] = (float)a;
         if (i + 1 < n)
             out[i + 1] = (float)b;
@@ -156,12 +128,12 @@ static void iris_rotate(const uint8_t *in, uint8_t *out, int s)
         }
 }
 
-static void iris_random(struct rng *r, uint8_t *code, uint8_t *mask)
+static void iris_random(struct bm_synth *r, uint8_t *code, uint8_t *mask)
 {
     for (size_t w = 0; w < IRIS_BYTES / 8; w++) {
-        uint64_t c = rnd64(r);
+        uint64_t c = bm_synth_next(r);
         /* A bit is invalid when four random bits are all 1: p = 1/16. */
-        uint64_t m = ~(rnd64(r) & rnd64(r) & rnd64(r) & rnd64(r));
+        uint64_t m = ~(bm_synth_next(r) & bm_synth_next(r) & bm_synth_next(r) & bm_synth_next(r));
         memcpy(code + 8 * w, &c, 8);
         memcpy(mask + 8 * w, &m, 8);
     }
@@ -169,7 +141,7 @@ static void iris_random(struct rng *r, uint8_t *code, uint8_t *mask)
 
 static int generate(struct data *d, const struct cli_demo_opts *o)
 {
-    struct rng r = { o->seed };
+    struct bm_synth r = { o->seed };
     d->nf = o->faces;
     d->ni = o->irises;
     d->fp = o->face_probes;
@@ -194,8 +166,8 @@ static int generate(struct data *d, const struct cli_demo_opts *o)
     }
     for (uint32_t q = 0; q < d->fp; q++) {
         float *p = d->fprobe + (size_t)q * CLI_UP_FACE_DIM;
-        int mated = rnd01(&r) < o->mated;
-        d->fmate[q] = mated ? (int64_t)(rnd64(&r) % d->nf) : -1;
+        int mated = bm_synth_uniform(&r) < o->mated;
+        d->fmate[q] = mated ? (int64_t)(bm_synth_next(&r) % d->nf) : -1;
         fill_normal(&r, row, CLI_UP_FACE_DIM);
         for (uint32_t k = 0; k < CLI_UP_FACE_DIM; k++) {
             if (mated)
@@ -211,18 +183,18 @@ static int generate(struct data *d, const struct cli_demo_opts *o)
                     d->iris + (size_t)i * 2 * IRIS_BYTES + IRIS_BYTES);
     for (uint32_t q = 0; q < d->ip; q++) {
         uint8_t *c = d->iprobe + (size_t)q * 2 * IRIS_BYTES, *m = c + IRIS_BYTES;
-        int mated = rnd01(&r) < o->mated;
-        d->imate[q] = mated ? (int64_t)(rnd64(&r) % d->ni) : -1;
+        int mated = bm_synth_uniform(&r) < o->mated;
+        d->imate[q] = mated ? (int64_t)(bm_synth_next(&r) % d->ni) : -1;
         if (!mated) {
             iris_random(&r, c, m);
             continue;
         }
         const uint8_t *gc = d->iris + (size_t)d->imate[q] * 2 * IRIS_BYTES;
-        int s = (int)(rnd64(&r) % (2 * IRIS_MAX_SHIFT + 1)) - IRIS_MAX_SHIFT;
+        int s = (int)(bm_synth_next(&r) % (2 * IRIS_MAX_SHIFT + 1)) - IRIS_MAX_SHIFT;
         iris_rotate(gc, c, s);
         iris_rotate(gc + IRIS_BYTES, m, s);
         for (size_t w = 0; w < IRIS_BYTES / 8; w++) {
-            uint64_t v, flip = rnd64(&r) & rnd64(&r) & rnd64(&r);   /* 1/8 of the bits */
+            uint64_t v, flip = bm_synth_next(&r) & bm_synth_next(&r) & bm_synth_next(&r);   /* 1/8 of the bits */
             memcpy(&v, c + 8 * w, 8);
             v ^= flip;
             memcpy(c + 8 * w, &v, 8);

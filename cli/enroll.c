@@ -128,7 +128,7 @@ int cli_enroll(int argc, char **argv)
     const char *signkey = NULL, *keyid = NULL;
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--gallery", "NAME", &gallery, "target gallery (required; its definition is read from Redis)" },
         { "--ids", "FILE", &idsf, "subject ids, one per line (required)" },

@@ -99,7 +99,7 @@ int cli_topics(int argc, char **argv)
     const char *partitions = DEFAULT_SHARED_PARTITIONS;
     const char *pos[2];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--partitions", "N", &partitions, "partitions of each shared topic created (default 6)" },
     };
@@ -143,7 +143,7 @@ static int gallery_create(int argc, char **argv)
     const char *partitions = DEFAULT_SHARED_PARTITIONS;
     const char *pos[2];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--modality", "face|fingerprint|palm|iris", &modality, "template kind (required)" },
         { "--dim", "D", &dim, "dense: embedding dimension, 64..4096 (default 512)" },
@@ -304,7 +304,7 @@ static int gallery_list(int argc, char **argv)
     const char *json = NULL;
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--json", NULL, &json, "one JSON array instead of a table" },
     };
@@ -374,7 +374,7 @@ static int gallery_stats(int argc, char **argv)
     const char *json = NULL;
     const char *pos[2];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--json", NULL, &json, "one JSON object instead of a table" },
     };
@@ -483,7 +483,7 @@ static int gallery_load(int argc, char **argv)
     const char *json = NULL, *shard = NULL;
     const char *pos[2];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--shard", "N", &shard, "load only this shard (default: every shard, one after another)" },
         { "--json", NULL, &json, "print one JSON object as the last line" },

@@ -22,48 +22,16 @@
 #include "cli.h"
 #include "irisfile.h"
 #include "npy.h"
+#include "synth.h"
 #include "wire/template.h"
-
-struct rng {
-    uint64_t s;
-};
-
-static uint64_t next64(struct rng *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1). */
-static double uniform(struct rng *r)
-{
-    return (double)(next64(r) >> 11) / 9007199254740992.0;
-}
-
-static uint64_t below(struct rng *r, uint64_t n)
-{
-    return (uint64_t)(uniform(r) * (double)n) % n;
-}
-
-/* Standard normal by Box-Muller (one value per call keeps the stream
- * simple to reason about). */
-static double normal(struct rng *r)
-{
-    double u1 = uniform(r), u2 = uniform(r);
-    if (u1 < 1e-300)
-        u1 = 1e-300;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
 
 /* Whether the next probe is mated, 'left' probes (this one included) still
  * to go, so that exactly the requested number of probes are mated in the
  * end: selection sampling (mated with probability still-wanted / left),
  * which places them at random. */
-static int pick_mated(struct rng *r, uint32_t *wanted, uint32_t left)
+static int pick_mated(struct bm_synth *r, uint32_t *wanted, uint32_t left)
 {
-    if (uniform(r) * left >= *wanted)
+    if (bm_synth_uniform(r) * left >= *wanted)
         return 0;
     (*wanted)--;
     return 1;
@@ -120,7 +88,7 @@ int cli_gen(int argc, char **argv)
     const char *flip_s = "0.1", *shift_s = "8", *invalid_s = "0.05";
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--modality", "face|iris", &modality, "dense embeddings (face) or iris codes (default face)" },
         { "--count", "N", &count_s, "gallery subjects (default 1000)" },
         { "--dim", "D", &dim_s, "dense: dimension, 64..4096 as galleries take (default 512)" },
@@ -182,7 +150,7 @@ int cli_gen(int argc, char **argv)
         return 1;
     }
     char path[4096], err[512];
-    struct rng r = { seed };
+    struct bm_synth r = { seed };
     uint32_t wanted = (uint32_t)llround(mated * probes);
     int ret = 1;
     uint32_t *mate = malloc(((size_t)probes + 1) * sizeof *mate);
@@ -199,14 +167,14 @@ int cli_gen(int argc, char **argv)
         if (g == NULL || pv == NULL)
             goto oom;
         for (size_t i = 0; i < (size_t)count * dim; i++)
-            g[i] = (float)normal(&r);
+            g[i] = (float)bm_synth_normal(&r);
         for (uint32_t q = 0; q < probes; q++) {
             int is_mated = pick_mated(&r, &wanted, probes - q);
-            mate[q] = is_mated ? (uint32_t)below(&r, count) : UINT32_MAX;
+            mate[q] = is_mated ? (uint32_t)bm_synth_below(&r, count) : UINT32_MAX;
             for (uint32_t d = 0; d < dim; d++) {
                 double base = is_mated ? g[(size_t)mate[q] * dim + d] : 0.0;
                 double sd = is_mated ? noise : 1.0;
-                pv[(size_t)q * dim + d] = (float)(base + sd * normal(&r));
+                pv[(size_t)q * dim + d] = (float)(base + sd * bm_synth_normal(&r));
             }
         }
         snprintf(path, sizeof path, "%s/gallery.npy", out);
@@ -229,29 +197,29 @@ int cli_gen(int argc, char **argv)
         for (size_t i = 0; i < (size_t)count; i++) {
             uint8_t *c = gc + i * cb, *m = gm + i * cb;
             for (size_t k = 0; k < cb; k++)
-                c[k] = (uint8_t)next64(&r);
+                c[k] = (uint8_t)bm_synth_next(&r);
             memset(m, 0xff, cb);
             for (size_t b = 0; b < nbits; b++)
-                if (uniform(&r) < invalid)
+                if (bm_synth_uniform(&r) < invalid)
                     set_bit(m, b, 0);
         }
         for (uint32_t q = 0; q < probes; q++) {
             uint8_t *c = pc + (size_t)q * cb, *m = pm + (size_t)q * cb;
             int is_mated = pick_mated(&r, &wanted, probes - q);
-            mate[q] = is_mated ? (uint32_t)below(&r, count) : UINT32_MAX;
+            mate[q] = is_mated ? (uint32_t)bm_synth_below(&r, count) : UINT32_MAX;
             if (is_mated) {
-                int s = (int)below(&r, 2ull * maxshift + 1) - (int)maxshift;
+                int s = (int)bm_synth_below(&r, 2ull * maxshift + 1) - (int)maxshift;
                 rotate(gc + (size_t)mate[q] * cb, c, f, rows, cols, bits, s);
                 rotate(gm + (size_t)mate[q] * cb, m, f, rows, cols, bits, s);
                 for (size_t b = 0; b < nbits; b++)
-                    if (uniform(&r) < flip)
+                    if (bm_synth_uniform(&r) < flip)
                         set_bit(c, b, !get_bit(c, b));
             } else {
                 for (size_t k = 0; k < cb; k++)
-                    c[k] = (uint8_t)next64(&r);
+                    c[k] = (uint8_t)bm_synth_next(&r);
                 memset(m, 0xff, cb);
                 for (size_t b = 0; b < nbits; b++)
-                    if (uniform(&r) < invalid)
+                    if (bm_synth_uniform(&r) < invalid)
                         set_bit(m, b, 0);
             }
         }

@@ -53,7 +53,7 @@ int cli_keygen(int argc, char **argv)
     const char *out = NULL, *keyid = NULL;
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--out", "PREFIX", &out, "write PREFIX.pem (private, 0600) and PREFIX.pub (required)" },
         { "--key-id", "ID", &keyid, "key id for the policy line (default: the name of PREFIX)" },
     };

@@ -108,7 +108,7 @@ int cli_submit(int argc, char **argv)
     const char *signkey = NULL, *keyid = NULL;
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--gallery", "NAME", &gallery, "gallery to search (required)" },
         { "--npy", "FILE", &npyf, "dense probes: float32 .npy, one row per probe" },

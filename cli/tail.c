@@ -195,7 +195,7 @@ int cli_tail(int argc, char **argv)
     const char *from = NULL, *json = NULL, *count_s = NULL, *idle_s = NULL;
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         CLI_COMMON_OPTS(&c),
         { "--from-beginning", NULL, &from, "start at the oldest record instead of the end" },
         { "--json", NULL, &json, "one JSON object per record" },

@@ -678,7 +678,7 @@ int cli_up(int argc, char **argv)
     const char *log_level = "warn";
     const char *pos[1];
     size_t npos = 0;
-    const struct cli_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--embedded", NULL, &embedded, "Kafka = librdkafka's mock cluster in this process (default)" },
         { "--kafka", "HOST:PORT", &kafka, "use a real Kafka broker instead" },
         { "--redis", "URL", &redis, "use this Redis instead of a redis-server child" },

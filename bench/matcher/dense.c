@@ -15,6 +15,7 @@
 #include "bench.h"
 #include "gen.h"
 #include "match/pool.h"
+#include "npy.h"
 #include "par.h"
 
 static const struct {
@@ -57,8 +58,8 @@ static void run_peer(struct bb_ctx *c, const struct bb_dense *d, size_t subset)
     }
     snprintf(gpath, sizeof gpath, "%s/gallery.npy", dir);
     snprintf(ppath, sizeof ppath, "%s/probes.npy", dir);
-    if (bb_npy_write_f32(gpath, d->gallery, d->n, d->dim, err, sizeof err) != 0 ||
-        bb_npy_write_f32(ppath, d->probes, d->nprobes, d->dim, err, sizeof err) != 0) {
+    if (bm_npy_write(gpath, d->gallery, d->n, d->dim, err, sizeof err) != BM_OK ||
+        bm_npy_write(ppath, d->probes, d->nprobes, d->dim, err, sizeof err) != BM_OK) {
         snprintf(c->peer.error, sizeof c->peer.error, "writing data for faiss: %s", err);
     } else {
         list_str(batches, sizeof batches, c->o.batches, c->o.nbatches);

@@ -53,9 +53,5 @@ int bb_iris_generate(struct bb_iris *it, const struct bb_iris_geom *g, size_t n,
                      size_t nprobes, int max_shift, uint64_t seed, unsigned threads);
 void bb_iris_free(struct bb_iris *it);
 
-/* Write a rows x cols float32 matrix as a NumPy .npy file (format 1.0,
- * little-endian '<f4', C order). 0, or -1 with the reason in err. */
-int bb_npy_write_f32(const char *path, const float *data, size_t rows, size_t cols,
-                     char *err, size_t errlen);
 
 #endif /* BM_BENCH_GEN_H */

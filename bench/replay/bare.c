@@ -28,7 +28,7 @@ int rp_bare(int argc, char **argv)
     const char *threads_s = "0", *seconds_s = "5", *topk_s = "10", *json = NULL;
     const char *pos[1];
     size_t npos;
-    const struct rp_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--gallery", "NAME", &gallery, "gallery to load (required)" },
         { "--redis", "URL", &redis_url, "Redis URL (default $BIOMATCH_REDIS_URL)" },
         { "--npy", "FILE", &npy_s, "probe vectors, float32 .npy (required)" },

@@ -11,61 +11,11 @@
 
 #include "replay.h"
 
-static void usage(const char *u, const struct rp_opt *opts, size_t n)
+int rp_parse(int argc, char **argv, const struct bm_opt *opts, size_t n, const char **pos,
+             size_t maxpos, size_t *npos, const char *usage)
 {
-    printf("usage: %s\n\n", u);
-    for (size_t i = 0; i < n; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "%s%s%s", opts[i].name, opts[i].arg ? " " : "",
-                 opts[i].arg ? opts[i].arg : "");
-        printf("  %-24s %s\n", left, opts[i].help);
-    }
-}
-
-int rp_parse(int argc, char **argv, const struct rp_opt *opts, size_t n, const char **pos,
-             size_t maxpos, size_t *npos, const char *u)
-{
-    *npos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(u, opts, n);
-            return 1;
-        }
-        if (strncmp(a, "--", 2) != 0) {
-            if (*npos >= maxpos) {
-                fprintf(stderr, "biomatch-replay: unexpected argument '%s'\n", a);
-                return -1;
-            }
-            pos[(*npos)++] = a;
-            continue;
-        }
-        const char *eq = strchr(a, '=');
-        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
-        size_t j;
-        for (j = 0; j < n; j++)
-            if (strlen(opts[j].name) == nl && strncmp(opts[j].name, a, nl) == 0)
-                break;
-        if (j == n) {
-            fprintf(stderr, "biomatch-replay: unknown flag '%s' (see --help)\n", a);
-            return -1;
-        }
-        if (opts[j].arg == NULL) {
-            if (eq) {
-                fprintf(stderr, "biomatch-replay: %s takes no value\n", opts[j].name);
-                return -1;
-            }
-            *opts[j].val = "1";
-        } else if (eq) {
-            *opts[j].val = eq + 1;
-        } else if (i + 1 < argc) {
-            *opts[j].val = argv[++i];
-        } else {
-            fprintf(stderr, "biomatch-replay: %s needs %s\n", opts[j].name, opts[j].arg);
-            return -1;
-        }
-    }
-    return 0;
+    return bm_opts_parse("biomatch-replay", argc, argv, 1, opts, n, pos, maxpos, npos, usage,
+                         NULL);
 }
 
 int rp_double(const char *flag, const char *s, double lo, double hi, double *out)

@@ -15,19 +15,12 @@
 #include <string.h>
 
 #include "npy.h"
+#include "synth.h"
 #include "replay.h"
 #include "replayfile.h"
 #include "common/clock.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
-
-static uint64_t mix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 /* Read the truth file: 'rows' lines "<index>\t<mate or ->" in index order.
  * mates[i] is a malloc'd id or NULL for '-'. 0 or -1 (printed). */
@@ -83,7 +76,7 @@ int rp_gen(int argc, char **argv)
     const char *agency = "bench", *seed_s = "1", *deadline_s = "0";
     const char *pos[1];
     size_t npos;
-    const struct rp_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--gallery", "NAME", &gallery, "gallery the jobs search (required)" },
         { "--jobs", "N", &jobs_s, "number of jobs (default 1000)" },
         { "--mated", "F", &mated_s, "fraction of jobs whose probe has a mate (default 0.5)" },
@@ -155,10 +148,11 @@ int rp_gen(int argc, char **argv)
     }
     char ct[128];
     bm_wire_content_type(&biomatch__v1__match_job__descriptor, ct, sizeof ct);
-    uint64_t rng = seed, mated_jobs = 0;
+    struct bm_synth rng = {seed};
+    uint64_t mated_jobs = 0;
     size_t cm = 0, cn = 0;
     for (uint64_t j = 0; j < njobs; j++) {
-        int want_mate = (double)(mix(&rng) >> 11) / 9007199254740992.0 < mated;
+        int want_mate = bm_synth_uniform(&rng) < mated;
         if (nm == 0)
             want_mate = 0;
         if (nn == 0)

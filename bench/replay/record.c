@@ -48,7 +48,7 @@ int rp_record(int argc, char **argv)
     const char *begin = NULL, *idle_s = NULL;
     const char *pos[1];
     size_t npos;
-    const struct rp_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--from", "BASE", &from, "topic to capture, after the prefix (default jobs)" },
         { "--topic", "NAME", &topic_s, "full topic name (overrides --from and --prefix)" },
         { "--out", "FILE", &out, "replay file to write (required)" },

@@ -12,19 +12,11 @@
 
 #include "bus/bus.h"
 #include "common/err.h"
+#include "opts.h"
 
-/* One flag: "--name" with an argument (arg != NULL) or a switch whose
- * value becomes "1". */
-struct rp_opt {
-    const char *name;
-    const char *arg;
-    const char **val;
-    const char *help;
-};
-
-/* Parse argv[1..) against opts; positionals go to pos (at most maxpos).
- * Returns 0, 1 after printing --help, or -1 after printing an error. */
-int rp_parse(int argc, char **argv, const struct rp_opt *opts, size_t n, const char **pos,
+/* bm_opts_parse (tools/opts.h) from argv[1] with the tool's name in its
+ * messages: 0, 1 after printing --help, or -1 after printing an error. */
+int rp_parse(int argc, char **argv, const struct bm_opt *opts, size_t n, const char **pos,
              size_t maxpos, size_t *npos, const char *usage);
 
 /* Strict numbers; 0 or -1 with a message printed. */

@@ -111,7 +111,7 @@ static int parse_common(int argc, char **argv, struct run_flags *fl, const char 
 {
     const char *pos[1];
     size_t npos;
-    const struct rp_opt opts[] = {
+    const struct bm_opt opts[] = {
         { "--rate", "R", &fl->rate, "send R jobs/s evenly (cycling through the file)" },
         { "--speedup", "X", &fl->speedup, "keep the file's schedule, X times faster (default 1)" },
         { "--max", NULL, &fl->max, "find the highest rate with p99 <= --p99" },

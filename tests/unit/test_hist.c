@@ -10,15 +10,13 @@
 #include <unistd.h>
 
 #include "hist.h"
+#include "synth.h"
 
-static uint64_t rng_state = 12345;
+static struct bm_synth rng = {12345};
 
 static uint64_t rnd(void)
 {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return bm_synth_next(&rng);
 }
 
 static int cmp_u64(const void *a, const void *b)

@@ -1,7 +1,6 @@
-/* The iris file codec of the CLI (cli/irisfile.h): round trip, and
+/* The iris file codec of bm_tools (tools/irisfile.h): round trip, and
  * refusal of truncated files, extra bytes, bad magic or version, invalid
- * geometry, and headers whose count or geometry lies about the size. The
- * CLI is not a library, so its codec is compiled in directly. */
+ * geometry, and headers whose count or geometry lies about the size. */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -9,7 +8,16 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../cli/irisfile.c"
+#include "irisfile.h"
+
+/* Little-endian u32, as the file stores its header fields. */
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
 
 static size_t image(uint8_t *buf, uint32_t f, uint32_t r, uint32_t c, uint32_t b, uint32_t count,
                     size_t nrec_bytes)

@@ -1,8 +1,7 @@
-/* The .npy decoder of the CLI (cli/npy.h): round trip through the writer,
+/* The .npy codec of bm_tools (tools/npy.h): round trip through the writer,
  * versions 1/2/3, and refusal of every malformed or lying header:
  * truncation anywhere, a shape that claims more or fewer rows than the
- * data, wrong dtype, Fortran order, wrong rank, oversized header length.
- * The CLI is not a library, so its codec is compiled in directly. */
+ * data, wrong dtype, Fortran order, wrong rank, oversized header length. */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -10,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../cli/npy.c"
+#include "npy.h"
 
 /* Build an .npy image with header text 'dict' (padded, newline added),
  * version 'major', followed by 'ndata' bytes of 'data'. */
