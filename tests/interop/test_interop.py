@@ -4,7 +4,8 @@
 The client uses only public, standard tooling: confluent-kafka and protobuf
 from PyPI, with the message classes generated from proto/biomatch.proto by
 the standard protoc (grpcio-tools' bundled copy, so the generated code
-matches the installed protobuf runtime).
+matches the installed protobuf runtime) when the agency client library
+(clients/python) is pip-installed into a scratch directory.
 
 Against the real broker and Redis of the integration fixture
 (BIOMATCH_KAFKA_BROKERS, BIOMATCH_REDIS_URL) it:
@@ -17,7 +18,12 @@ Against the real broker and Redis of the integration fixture
      (0x00, schema id, message indexes), and reads the results from Python;
   4. checks status OK, full coverage, rank-1 = the known mate, candidates
      in order, and that the job's traceparent came back on the result;
-  5. stops the processes.
+  5. checks what a client developer hit: an empty record value is answered
+     under its key, a missing reply_topic is rejected on results;
+  6. drives the client library itself: identify (raw and framed), verify,
+     a typed error, enroll then delete, and a record signature equal to the
+     C signer's;
+  7. stops the processes.
 Every wait is bounded. Exit 0 = pass, 1 = fail (a missing Python dependency
 is a failure too: scripts/setup installs them).
 """
@@ -26,7 +32,6 @@ import importlib
 import os
 import secrets
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -55,47 +60,115 @@ def run(cmd, env, timeout=120):
     return p.stdout
 
 
-def generate_proto(proto, out):
-    from grpc_tools import protoc  # noqa: F401  (import check only)
-    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{os.path.dirname(proto)}",
-           f"--python_out={out}", proto]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        raise Fail(f"protoc failed: {p.stderr}")
-    sys.path.insert(0, out)
-    return importlib.import_module("biomatch_pb2")
-
-
-def sr_frame(pb, payload, schema_id, message_name):
-    """Confluent Schema Registry framing: magic 0, big-endian schema id,
-    the message-index path (count then indexes, zigzag varints), payload."""
-    index = [m.name for m in pb.DESCRIPTOR.message_types_by_name.values()].index(message_name)
-
-    def varint(n):
-        n = (n << 1) ^ (n >> 63)  # zigzag
-        out = bytearray()
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            if n:
-                out.append(b | 0x80)
-            else:
-                out.append(b)
-                return bytes(out)
-
-    path = b"\x00" if index == 0 else varint(1) + varint(index)
-    return b"\x00" + struct.pack(">I", schema_id) + path + payload
+def install_client(client_dir, work):
+    """Install the agency client library (clients/python) the way an
+    integrator does, into a scratch directory, and import it: its protobuf
+    classes are generated from proto/biomatch.proto by the install."""
+    target = os.path.join(work, "pyclient")
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
+         "--disable-pip-version-check", "--upgrade", "--target", target, client_dir], os.environ,
+        timeout=300)
+    sys.path.insert(0, target)
+    return importlib.import_module("biomatch_client")
 
 
 def traceparent():
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
+def client_checks(work, brokers, prefix, gallery, probes, truth, dim, cli, env,
+                  probes_npy):
+    """The agency client library (clients/python), installed the way an
+    integrator installs it, against the same cluster: identify (raw and
+    Schema Registry framing), verify, enroll then delete, a typed error."""
+    import numpy as np
+    from biomatch_client import Client, dense, errors
+
+    with Client(brokers, agency="interop-py", prefix=prefix) as c, \
+            Client(brokers, agency="interop-py", prefix=prefix, schema_id=7) as sr:
+        for cl, name in ((c, "raw"), (sr, "sr")):
+            job = cl.identify(gallery, dense(probes[1]), top_k=3)
+            r = cl.wait_result(job, timeout=60)
+            need([x.subject_id for x in r.candidates][:1] == [truth[1]],
+                 f"client {name} identify: rank-1 {r.candidates[0].subject_id if r.candidates else None}")
+        r = c.wait_result(c.verify(gallery, dense(probes[2]), truth[2], threshold=0.5), 60)
+        need(r.verified, f"client verify of the mate: verified={r.verified}")
+        try:
+            c.wait_result(c.identify(gallery, dense(probes[0]), top_k=0), 60)
+            need(False, "top_k 0 was accepted")
+        except errors.InvalidTopK as e:
+            need(e.code_name == "ERROR_CODE_INVALID_TOP_K" and e.status == "RESULT_STATUS_REJECTED",
+                 f"typed error: {e.code_name} {e.status}")
+        # Enroll a new subject, find it, delete it, stop finding it.
+        rng = np.random.default_rng(11)
+        vec = rng.standard_normal(dim).astype("<f4")
+        subject = f"pyclient-{os.getpid()}"
+        c.enroll(gallery, subject, dense(vec))
+
+        def rank1():
+            r = c.wait_result(c.identify(gallery, dense(vec), top_k=1), 60)
+            return r.candidates[0].subject_id if r.candidates else None
+
+        deadline = time.monotonic() + 90
+        while rank1() != subject:
+            need(time.monotonic() < deadline, "an enrolled subject was not found within 90 s")
+            time.sleep(0.5)
+        c.delete(gallery, subject)
+        deadline = time.monotonic() + 90
+        while rank1() == subject:
+            need(time.monotonic() < deadline, "a deleted subject was still found after 90 s")
+            time.sleep(0.5)
+    log("client library: identify (raw, sr), verify, typed error, enroll and delete ok")
+    same_signature_as_c(cli, env, work, brokers, prefix, gallery, probes_npy)
+
+
+def same_signature_as_c(cli, env, work, brokers, prefix, gallery, probes_npy):
+    """The client's signature over a record equals the C signer's (the
+    command's --sign-key) bit for bit: Ed25519 is deterministic, so the
+    same key over the same record and timestamp must give the same header."""
+    from confluent_kafka import Consumer, TopicPartition
+    from biomatch_client import wire
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    keyprefix = os.path.join(work, "sigkey")
+    for ext in (".pem", ".pub"):
+        if os.path.exists(keyprefix + ext):
+            os.unlink(keyprefix + ext)
+    run([cli, "keygen", "--out", keyprefix, "--key-id", "sig-1"], env)
+    topic = f"{prefix}jobs"
+    cons = Consumer({"bootstrap.servers": brokers, "group.id": "interop-sig",
+                     "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    parts = cons.list_topics(topic, timeout=15).topics[topic].partitions
+    cons.assign([TopicPartition(topic, p, cons.get_watermark_offsets(
+        TopicPartition(topic, p), timeout=15)[1]) for p in parts])
+    job_id = f"interop-sig-{secrets.token_hex(4)}"
+    run([cli, "submit", "--gallery", gallery, "--npy", probes_npy, "--row", "0",
+         "--agency", "interop-sig", "--job-id", job_id, "--sign-key", keyprefix + ".pem",
+         "--key-id", "sig-1"], env)
+    end = time.monotonic() + 60
+    m = None
+    while time.monotonic() < end:
+        m = cons.poll(0.2)
+        if m is not None and not m.error() and m.key() == job_id.encode():
+            break
+        m = None
+    cons.close()
+    need(m is not None, "the signed job did not appear on the jobs topic")
+    got = dict(m.headers()).get(wire.SIGNATURE_HEADER, b"").decode()
+    kid, ts, _ = got.split(":", 2)
+    with open(keyprefix + ".pem", "rb") as f:
+        key = load_pem_private_key(f.read(), password=None)
+    want = wire.signature_header(key, kid, "biomatch.v1.MatchJob", topic, m.key(),
+                                 "interop-sig", job_id, int(ts), m.value())
+    need(got == want, f"signature differs from the C signer's:\n C  {got}\n py {want}")
+    log("client library: its record signature equals the C signer's")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, help="directory with biomatch, -coordinator, -worker")
-    ap.add_argument("--proto", required=True, help="proto/biomatch.proto")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--client", required=True, help="clients/python, the agency client library")
     args = ap.parse_args()
 
     try:
@@ -124,7 +197,8 @@ def main():
     count, dim = 300, 64
     procs = []
     try:
-        pb = generate_proto(args.proto, work)
+        pb = install_client(args.client, work).pb
+        from biomatch_client import wire
 
         run([cli, "gallery", "create", gallery, "--modality", "face", "--dim", str(dim),
              "--format", "f32", "--shards", "2", "--partitions", "2"], env)
@@ -212,7 +286,7 @@ def main():
             payload = job.SerializeToString()
             tp = traceparent()
             if framing == "sr":
-                value = sr_frame(pb, payload, 42, "MatchJob")
+                value = wire.sr_frame(payload, 42, "MatchJob")
                 ct = "application/vnd.confluent.protobuf"
             else:
                 value = payload
@@ -303,6 +377,8 @@ def main():
              f"{pb.ErrorCode.Name(r.error_code)}, want REJECTED INVALID_VALUE")
         log("missing reply_topic: REJECTED INVALID_VALUE on results")
         consumer.close()
+        client_checks(work, brokers, prefix, gallery, probes, truth, dim, cli, env,
+                      f"{gen}/probes.npy")
         log("PASS")
         return 0
     except (Fail, subprocess.TimeoutExpired) as e:
