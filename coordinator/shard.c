@@ -85,6 +85,16 @@ static int register_metrics(struct bm_gshard *sh, char *err, size_t errlen)
         m, "biomatch_gallery_key_collisions_total",
         "Gallery log records refused: their subject key is another subject's", labels, err,
         errlen);
+    const char *refused[3] = {"manifest", "segment", "record"};
+    struct bm_counter **slot[3] = {&sh->c_refused_manifest, &sh->c_refused_segment,
+                                   &sh->c_refused_record};
+    for (int i = 0; i < 3; i++) {
+        const char *rl[] = {"gallery", sh->gallery, "shard", shard, "what", refused[i], NULL};
+        *slot[i] = bm_metrics_counter(m, "biomatch_store_refused_total",
+                                      "Stored manifests, segments and gallery records refused "
+                                      "as unauthenticated (strict at-rest mode, bad MAC)",
+                                      rl, err, errlen);
+    }
     sh->h_seal = bm_metrics_histogram(m, "biomatch_gallery_seal_seconds",
                                       "Time to seal a buffer and publish its manifest", NULL,
                                       NULL, 0, err, errlen);
@@ -222,8 +232,8 @@ int bm_gshard_check(struct bm_gshard *sh, long long now_ms)
     bm_redis_reply_free(rep);
 
     struct bm_manifest *m = NULL;
-    int rc = gs_read_manifest(sh, &m, err, sizeof err);
-    if (rc == BM_ENOTFOUND) {
+    int rc = gs_read_manifest(sh, &m, 1, err, sizeof err);
+    if (rc == BM_ENOTFOUND || rc == BM_ECHECKSUM || rc == BM_EUNSUPPORTED) {
         gs_sbuf_clear(&sh->buf);
         rc = gs_sync_shard(sh, err, sizeof err);
         goto done;
@@ -231,8 +241,9 @@ int bm_gshard_check(struct bm_gshard *sh, long long now_ms)
     if (rc != BM_OK)
         goto done;
     uint64_t version = m->version;
+    int same_epoch = bm_manifest_same_epoch(m, sh->man);
     bm_manifest_free(m);
-    if (version != sh->man->version) {
+    if (version != sh->man->version || !same_epoch) {
         BM_LOGF(BM_LOG_WARN, "manifest changed under us; resyncing",
                 BM_LF_STR("gallery", sh->gallery), BM_LF_INT("shard", sh->shard),
                 BM_LF_INT("ours", sh->man->version), BM_LF_INT("stored", version));

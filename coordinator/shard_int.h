@@ -120,6 +120,7 @@ struct bm_gshard {
     uint8_t *row;              /* scratch row of tbytes */
     struct bm_gauge *g_version, *g_subjects, *g_segments, *g_tombstones;
     struct bm_counter *c_sealed, *c_rebuilds, *c_compactions, *c_skipped, *c_collisions;
+    struct bm_counter *c_refused_manifest, *c_refused_segment, *c_refused_record;
     struct bm_histogram *h_seal;
 };
 
@@ -187,9 +188,10 @@ int gs_write_segment(struct bm_gshard *sh, const struct outseg *o,
 int gs_decode_stored(struct bm_gshard *sh, const struct bm_segref *ref, const void *val,
                      size_t len, struct bm_segment **seg, struct bm_subjects *names,
                      char *err, size_t errlen);
-/* Compare-and-set 'next' over version 'base', expiring the 'drop'
+/* Sign 'next' (store/manifest_mac.h, under the current at-rest key if
+ * any) and compare-and-set it over version 'base', expiring the 'drop'
  * segments after the grace period. BM_OK, BM_ECONFLICT or an error. */
-int gs_cas_publish(struct bm_gshard *sh, uint64_t base, const struct bm_manifest *next,
+int gs_cas_publish(struct bm_gshard *sh, uint64_t base, struct bm_manifest *next,
                    const uint64_t *drop, size_t ndrop, char *err, size_t errlen);
 /* Seal buffer 'b' and publish the manifest that follows 'base' (see its
  * definition for 'replace' and 'end'). 'base' is borrowed, on success and
@@ -200,8 +202,14 @@ int gs_publish(struct bm_gshard *sh, struct sbuf *b, int replace, struct bm_mani
 /* ---- shard_load.c */
 
 /* The stored manifest: BM_OK with *m (caller frees), BM_ENOTFOUND, or an
- * error. */
-int gs_read_manifest(struct bm_gshard *sh, struct bm_manifest **m, char *err, size_t errlen);
+ * error. With 'verify' its MAC is checked (store/manifest_mac.h): a
+ * manifest refused under strict at-rest mode is counted and is
+ * BM_ECHECKSUM (forged, altered or unsigned) or BM_EUNSUPPORTED (signed
+ * under a key this process lacks); both mean "rebuild from the log".
+ * Without 'verify' (the rebuild's compare-and-set base only: its content
+ * is never used) the MAC is ignored. */
+int gs_read_manifest(struct bm_gshard *sh, struct bm_manifest **m, int verify, char *err,
+                     size_t errlen);
 /* Rebuild the shard from its whole log into fresh segments. */
 int gs_rebuild(struct bm_gshard *sh, const char *why, char *err, size_t errlen);
 /* Load the stored manifest and index (rebuilding what is lost), then

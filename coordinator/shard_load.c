@@ -11,6 +11,7 @@
 #include "logread.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "store/manifest_mac.h"
 #include "store/redis.h"
 #include "store/segment.h"
 #include "store/subjects.h"
@@ -28,7 +29,8 @@ static int on_record(int64_t offset, const void *key, size_t keylen, const void 
 }
 
 /* Read the stored manifest: BM_OK with *m, BM_ENOTFOUND, or an error. */
-int gs_read_manifest(struct bm_gshard *sh, struct bm_manifest **m, char *err, size_t errlen)
+int gs_read_manifest(struct bm_gshard *sh, struct bm_manifest **m, int verify, char *err,
+                     size_t errlen)
 {
     void *val = NULL;
     size_t len = 0;
@@ -40,6 +42,16 @@ int gs_read_manifest(struct bm_gshard *sh, struct bm_manifest **m, char *err, si
         return bm_seterr(err, errlen, rc, "GET manifest: %s", bm_redis_errstr(sh->env.redis));
     rc = bm_manifest_decode(val, len, 0, m, err, errlen);
     free(val);
+    if (rc == BM_OK && verify && (rc = bm_manifest_verify(*m, sh->env.keyring, err, errlen)) != BM_OK) {
+        bm_manifest_free(*m);
+        *m = NULL;
+        bm_counter_inc(sh->c_refused_manifest);
+        BM_LOGF(BM_LOG_ERROR, "stored manifest refused; rebuilding the shard from the log",
+                BM_LF_STR("gallery", sh->gallery), BM_LF_INT("shard", sh->shard),
+                BM_LF_STR("error", err));
+        if (rc != BM_EUNSUPPORTED && rc != BM_ENOMEM)
+            rc = BM_ECHECKSUM;
+    }
     return rc;
 }
 
@@ -62,7 +74,7 @@ int gs_rebuild(struct bm_gshard *sh, const char *why, char *err, size_t errlen)
                     on_record, &rctx, &end, err, errlen);
     if (rc == BM_OK) {
         struct bm_manifest *base = NULL;
-        rc = gs_read_manifest(sh, &base, err, errlen);
+        rc = gs_read_manifest(sh, &base, 0, err, errlen);
         if (rc == BM_ENOTFOUND || rc == BM_EPROTO) {
             /* A corrupt stored manifest cannot be CAS'd over either; the
              * script refuses it. Only a missing one starts at version 0. */
@@ -160,9 +172,10 @@ int gs_sync_shard(struct bm_gshard *sh, char *err, size_t errlen)
 {
     struct bm_manifest *m = NULL;
     gs_sbuf_clear(&sh->buf);
-    int rc = gs_read_manifest(sh, &m, err, errlen);
-    if (rc == BM_ENOTFOUND) {
-        rc = gs_rebuild(sh, "manifest missing", err, errlen);
+    int rc = gs_read_manifest(sh, &m, 1, err, errlen);
+    if (rc == BM_ENOTFOUND || rc == BM_ECHECKSUM || rc == BM_EUNSUPPORTED) {
+        rc = gs_rebuild(sh, rc == BM_ENOTFOUND ? "manifest missing" : "manifest refused", err,
+                        errlen);
     } else if (rc == BM_OK) {
         rc = load_index(sh, m, err, errlen);
         if (rc == BM_ENOTFOUND) {

@@ -11,6 +11,7 @@
 #include "crypto/atrest.h"
 #include "keymap.h"
 #include "obs/metrics.h"
+#include "store/manifest_mac.h"
 #include "store/redis.h"
 #include "store/segment.h"
 
@@ -136,6 +137,8 @@ int gs_decode_stored(struct bm_gshard *sh, const struct bm_segref *ref, const vo
                      size_t len, struct bm_segment **seg, struct bm_subjects *names,
                      char *err, size_t errlen)
 {
+    if (bm_atrest_plaintext_refused(sh->env.keyring, val, len))
+        bm_counter_inc(sh->c_refused_segment); /* bm_atrest_open refuses it below */
     const uint8_t *plain = NULL;
     size_t plainlen = 0;
     uint8_t *owned = NULL;
@@ -149,12 +152,14 @@ int gs_decode_stored(struct bm_gshard *sh, const struct bm_segref *ref, const vo
 
 /* Compare-and-set 'next' over base version 'base', expiring 'drop' keys.
  * BM_OK (published), BM_ECONFLICT (lost) or an error. */
-int gs_cas_publish(struct bm_gshard *sh, uint64_t base, const struct bm_manifest *next,
+int gs_cas_publish(struct bm_gshard *sh, uint64_t base, struct bm_manifest *next,
                    const uint64_t *drop, size_t ndrop, char *err, size_t errlen)
 {
     uint8_t *enc = NULL;
     size_t enclen = 0;
-    int rc = bm_manifest_encode(next, &enc, &enclen, err, errlen);
+    int rc = bm_manifest_sign(next, sh->env.keyring, err, errlen);
+    if (rc == BM_OK)
+        rc = bm_manifest_encode(next, &enc, &enclen, err, errlen);
     if (rc != BM_OK)
         return rc;
     size_t argc = 1 + ndrop + 3;
@@ -371,6 +376,11 @@ int gs_publish(struct bm_gshard *sh, struct sbuf *b, int replace, struct bm_mani
     ch.subjects = (uint32_t)bm_keymap_count(sh->index);
     ch.updated_unix_ms = bm_wall_ms();
     if ((rc = bm_manifest_next(base, &ch, &next, err, errlen)) != BM_OK)
+        goto out;
+    /* A rebuild starts a new history of the shard: workers holding any
+     * other epoch reload it whole, whatever its version (Redis may have
+     * lost the old manifest, so versions may restart at 1). */
+    if (replace && (rc = bm_manifest_new_epoch(next, err, errlen)) != BM_OK)
         goto out;
     if ((rc = gs_cas_publish(sh, base->version, next, cas_drop, ncas_drop, err, errlen)) != BM_OK)
         goto out;

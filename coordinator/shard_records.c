@@ -81,6 +81,8 @@ static int buffer_keyed(struct bm_gshard *sh, struct sbuf *b, int64_t offset, ui
         const uint8_t *plain = NULL;
         size_t plainlen = 0;
         uint8_t *owned = NULL;
+        if (bm_atrest_plaintext_refused(sh->env.keyring, value, valuelen))
+            bm_counter_inc(sh->c_refused_record); /* refused by the open below */
         int orc = bm_atrest_open_record(sh->env.keyring, sh->gallery, sh->shard, key, keylen,
                                         value, valuelen, &plain, &plainlen, &owned, err,
                                         sizeof err);

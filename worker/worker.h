@@ -81,6 +81,7 @@ struct wk_gallery {
     struct bm_histogram *load_seconds;
     struct bm_counter *load_bytes;
     struct bm_gauge *shards_loaded;
+    struct bm_counter *shards_refused; /* loads/refreshes refused as unauthenticated */
 };
 
 /* One shard held (or being loaded) for the partitions that map to it. */

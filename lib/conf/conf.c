@@ -111,6 +111,8 @@ static const struct key KEYS[] = {
      F(security.at_rest_key_id), 0, 0, 0, NULL},
     {"security.at_rest_previous_keys", "BIOMATCH_SECURITY_AT_REST_PREVIOUS_KEYS", K_LIST,
      F(security.at_rest_previous_keys), F(security.at_rest_previous_keys_n), 0, 0, NULL},
+    {"security.at_rest_allow_plaintext", "BIOMATCH_SECURITY_AT_REST_ALLOW_PLAINTEXT", K_BOOL,
+     F(security.at_rest_allow_plaintext), 0, 0, 0, NULL},
     {"security.policy_file", "BIOMATCH_SECURITY_POLICY_FILE", K_STR, F(security.policy_file), 0,
      0, 0, NULL},
     {"security.audit_key_file", "BIOMATCH_SECURITY_AUDIT_KEY_FILE", K_STR,

@@ -89,6 +89,8 @@ struct bm_conf {
         char *at_rest_key_id;      /* NULL iff at_rest_key_file is NULL */
         char **at_rest_previous_keys; /* "id=path" keys that only decrypt (rotation) */
         size_t at_rest_previous_keys_n;
+        bool at_rest_allow_plaintext; /* with a key: still accept plaintext segments,
+                                         records and unsigned manifests (migration) */
         char *policy_file;         /* NULL: no policy; the coordinator then needs dev_mode */
         bool dev_mode;             /* run without a policy (every agency may do anything) */
         int replay_window_ms;      /* signed timestamps older or newer than this are refused */

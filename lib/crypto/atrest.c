@@ -207,6 +207,11 @@ int bm_atrest_seal_record(const struct bm_keyring *kr, const char *gallery, uint
 }
 
 /* Open 'val' stored at 'pl'. 'expect_key_id' as for bm_atrest_open. */
+int bm_atrest_plaintext_refused(const struct bm_keyring *kr, const void *val, size_t len)
+{
+    return bm_keyring_strict(kr) && !bm_atrest_is_sealed(val, len);
+}
+
 static int open_at(const struct bm_keyring *kr, const struct place *pl,
                    const char *expect_key_id, const void *val, size_t len,
                    const uint8_t **plain, size_t *plainlen, uint8_t **owned, char *err,
@@ -221,6 +226,10 @@ static int open_at(const struct bm_keyring *kr, const struct place *pl,
     place_name(pl, what, sizeof what);
     const uint8_t *v = val;
     if (!bm_atrest_is_sealed(v, len)) {
+        if (bm_keyring_strict(kr))
+            return bm_seterr(err, errlen, BM_ECHECKSUM,
+                             "%s: plaintext refused: an at-rest key is configured (strict "
+                             "mode)", what);
         if (expect_key_id != NULL && expect_key_id[0] != '\0')
             return bm_seterr(err, errlen, BM_EPROTO,
                              "%s: the manifest says key '%s' but the stored blob is not "

@@ -39,6 +39,11 @@
  * magic (it may still be malformed), else 0. */
 int bm_atrest_is_sealed(const void *val, size_t len);
 
+/* 1 when strict at-rest mode (bm_keyring_strict) refuses 'val' because it
+ * is not an envelope: callers count the refusal before opening (the open
+ * functions refuse it too, with BM_ECHECKSUM). */
+int bm_atrest_plaintext_refused(const struct bm_keyring *kr, const void *val, size_t len);
+
 /* The key id an envelope names, copied into 'id' (NUL-terminated) without
  * opening it. BM_OK; BM_ENOTFOUND when 'val' is not an envelope (a
  * plaintext blob); BM_EPROTO or BM_EUNSUPPORTED (newer version) when it is
@@ -66,7 +71,8 @@ int bm_atrest_seal(const struct bm_keyring *kr, const char *gallery, uint32_t sh
  * malloc'd buffer holding the decrypted blob (*plain == *owned); the caller
  * always calls free(*owned). On failure *plain and *owned are NULL and the
  * result is BM_EPROTO (malformed envelope, or it disagrees with the
- * manifest about encryption or key id), BM_EUNSUPPORTED (newer envelope
+ * manifest about encryption or key id), BM_ECHECKSUM also for a plaintext
+ * blob under strict mode (bm_keyring_strict), BM_EUNSUPPORTED (newer envelope
  * version, or the keyring -- possibly NULL -- lacks the key id the
  * envelope names; err names the key id), BM_ECHECKSUM (authentication
  * failed: wrong key bytes, altered bytes, or a blob stored at another
@@ -84,7 +90,8 @@ int bm_atrest_seal_record(const struct bm_keyring *kr, const char *gallery, uint
                           size_t len, uint8_t **out, size_t *outlen, char *err, size_t errlen);
 
 /* Open a gallery log record's value: a plaintext value (not an envelope,
- * as written without a key) is returned as is (borrowed, *owned NULL);
+ * as written without a key) is returned as is (borrowed, *owned NULL),
+ * except under strict mode (BM_ECHECKSUM);
  * an envelope is opened as bm_atrest_open does, with the same results
  * (BM_EUNSUPPORTED: the keyring lacks the key id it names; BM_ECHECKSUM:
  * it does not authenticate for this gallery, shard and subject). */

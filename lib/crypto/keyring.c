@@ -31,6 +31,7 @@ struct bm_keyring {
     struct entry *e;     /* owned; key bytes wiped on free */
     size_t n, cap;
     long current;        /* index into e, or -1 */
+    int allow_plaintext; /* 1: not strict although a key is current */
     char warning[512];   /* "" or a note about loose file permissions */
 };
 
@@ -238,7 +239,19 @@ struct bm_keyring *bm_keyring_from_conf(const struct bm_conf *c, int *rc, char *
         bm_keyring_free(kr);
         return NULL;
     }
+    kr->allow_plaintext = c->security.at_rest_allow_plaintext;
     return kr;
+}
+
+int bm_keyring_strict(const struct bm_keyring *kr)
+{
+    return kr != NULL && kr->current >= 0 && !kr->allow_plaintext;
+}
+
+void bm_keyring_set_allow_plaintext(struct bm_keyring *kr, int allow)
+{
+    if (kr != NULL)
+        kr->allow_plaintext = allow != 0;
 }
 
 const char *bm_keyring_current_id(const struct bm_keyring *kr)

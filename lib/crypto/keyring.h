@@ -73,6 +73,18 @@ int bm_keyring_parse_key(const uint8_t *data, size_t len, uint8_t key[BM_AEAD_KE
 struct bm_keyring *bm_keyring_from_conf(const struct bm_conf *c, int *rc, char *err,
                                         size_t errlen);
 
+/* Strict at-rest mode (docs/storage.md section 8.2): 1 when the keyring has
+ * a current key and plaintext was not allowed, so every reader refuses
+ * plaintext segments, plaintext gallery records and manifests without a
+ * valid MAC. 0 for kr NULL. Thread: any (read-only after set-up). */
+int bm_keyring_strict(const struct bm_keyring *kr);
+
+/* Allow (1) or refuse (0, the default) plaintext next to a current key:
+ * for migrating a gallery written without a key. bm_keyring_from_conf
+ * sets it from security.at_rest_allow_plaintext. Call before sharing the
+ * keyring between threads. */
+void bm_keyring_set_allow_plaintext(struct bm_keyring *kr, int allow);
+
 /* The current key's id, or NULL when there is none (also for kr NULL).
  * Borrowed from the keyring. */
 const char *bm_keyring_current_id(const struct bm_keyring *kr);

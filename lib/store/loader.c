@@ -23,6 +23,7 @@
 #include "store/galdef.h"
 #include "store/keys.h"
 #include "store/manifest.h"
+#include "store/manifest_mac.h"
 #include "store/redis.h"
 #include "store/segment.h"
 #include "store/subjects.h"
@@ -46,8 +47,8 @@ struct bm_shard {
 };
 
 /* GET and decode the shard's manifest. BM_ENOTFOUND when absent. */
-static int get_manifest(struct bm_redis *r, const char *gallery, uint32_t shard,
-                        struct bm_manifest **out, char *err, size_t errlen)
+static int get_manifest(struct bm_redis *r, const struct bm_keyring *kr, const char *gallery,
+                        uint32_t shard, struct bm_manifest **out, char *err, size_t errlen)
 {
     char key[BM_KEY_MAX];
     *out = NULL;
@@ -72,7 +73,14 @@ static int get_manifest(struct bm_redis *r, const char *gallery, uint32_t shard,
         return bm_seterr(err, errlen, BM_EPROTO, "shard %s/%u: manifest at %s names another shard",
                          gallery, shard, key);
     }
-    return BM_OK;
+    /* Strict at-rest mode: a manifest written by anyone without the key
+     * (straight into Redis) is refused before any of it is used. */
+    rc = bm_manifest_verify(*out, kr, err, errlen);
+    if (rc != BM_OK) {
+        bm_manifest_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 /* Upper bound of the id bytes in a blob of 'ref' (from the segment layout:
@@ -255,10 +263,14 @@ static int follow(struct bm_shard *s, struct bm_redis *r, int *changed, char *er
     *changed = 0;
     for (int attempt = 0; attempt < LOAD_ATTEMPTS; attempt++) {
         struct bm_manifest *m = NULL;
-        rc = get_manifest(r, s->name, s->shard, &m, err, errlen);
+        rc = get_manifest(r, s->kr, s->name, s->shard, &m, err, errlen);
         if (rc != BM_OK)
             return rc;
-        if (s->man != NULL && m->version <= s->man->version) {
+        /* Versions only compare within one epoch: a manifest of another
+         * epoch is the shard rebuilt after Redis lost it, and replaces
+         * what we hold whatever its version. */
+        if (s->man != NULL && bm_manifest_same_epoch(m, s->man) &&
+            m->version <= s->man->version) {
             bm_manifest_free(m);
             return BM_OK;
         }

@@ -85,10 +85,12 @@ struct bm_shard *bm_shard_load(struct bm_redis *r, const Biomatch__V1__GalleryDe
 /* bm_shard_load with the at-rest keyring 'kr' (crypto/keyring.h;
  * borrowed, read-only, must outlive the shard; NULL = no keys), used by
  * this load and every later bm_shard_refresh to open encrypted segments
- * (docs/storage.md §8). Additional errors: BM_EUNSUPPORTED when a segment
- * is sealed under a key id 'kr' lacks (err names the key id),
- * BM_ECHECKSUM when its authentication fails, BM_EPROTO when the stored
- * value and the manifest disagree about its key id. bm_shard_load(...) is
+ * and check manifest MACs (docs/storage.md §8). Additional errors:
+ * BM_EUNSUPPORTED when a segment or the manifest's MAC uses a key id 'kr'
+ * lacks (err names the key id), BM_ECHECKSUM when authentication fails or,
+ * under strict mode (bm_keyring_strict), for a plaintext segment or a
+ * manifest without a valid MAC (store/manifest_mac.h), BM_EPROTO when the
+ * stored value and the manifest disagree about its key id. bm_shard_load(...) is
  * bm_shard_load_keyring(..., NULL, ...). */
 struct bm_shard *bm_shard_load_keyring(struct bm_redis *r,
                                        const Biomatch__V1__GalleryDefinition *def, uint32_t shard,
@@ -96,11 +98,12 @@ struct bm_shard *bm_shard_load_keyring(struct bm_redis *r,
                                        char *err, size_t errlen);
 
 /* Follow the shard's manifest: when the version in Redis is newer than the
- * one held, fetch only the segments it adds, drop the segments it removes
+ * one held, or of another epoch (the shard was rebuilt after Redis lost
+ * it: everything is replaced, whatever the version numbers say), fetch only the segments it adds, drop the segments it removes
  * and replace the tombstone set, publishing one new gallery version (the
  * old one stays alive for searches that pinned it). *changed (may be NULL)
  * is 1 when a new version was applied, 0 when Redis holds the same or an
- * older version (nothing done).
+ * older version of the held epoch (nothing done).
  * Returns BM_OK or the errors of bm_shard_load; on failure the shard keeps
  * its current version and remains usable. Thread: see the file comment. */
 int bm_shard_refresh(struct bm_shard *s, struct bm_redis *r, int *changed, char *err,

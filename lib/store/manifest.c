@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/rand.h>
+
 #include "biomatch.pb-c.h"
 #include "store/subjects.h"
 
@@ -67,7 +69,23 @@ struct bm_manifest *bm_manifest_new(const char *gallery, uint32_t shard, char *e
     }
     memcpy(m->gallery, gallery, strlen(gallery) + 1);
     m->shard = shard;
+    if (bm_manifest_new_epoch(m, err, errlen) != BM_OK) {
+        free(m);
+        return NULL;
+    }
     return m;
+}
+
+int bm_manifest_new_epoch(struct bm_manifest *m, char *err, size_t errlen)
+{
+    if (RAND_bytes(m->epoch, (int)sizeof m->epoch) != 1)
+        return bm_seterr(err, errlen, BM_EIO, "manifest: no random bytes for an epoch");
+    return BM_OK;
+}
+
+int bm_manifest_same_epoch(const struct bm_manifest *a, const struct bm_manifest *b)
+{
+    return memcmp(a->epoch, b->epoch, sizeof a->epoch) == 0;
 }
 
 void bm_manifest_free(struct bm_manifest *m)
@@ -177,6 +195,26 @@ int bm_manifest_decode(const uint8_t *buf, size_t len, size_t max_len,
     m->log_offset = pb->log_offset;
     m->subjects = pb->subjects;
     m->updated_unix_ms = pb->updated_unix_ms;
+    /* An empty epoch (an older writer) stays all zero. */
+    memset(m->epoch, 0, sizeof m->epoch);
+    if (pb->epoch.len != 0 && pb->epoch.len != sizeof m->epoch) {
+        rc = bm_seterr(err, errlen, BM_EPROTO, "manifest: epoch is %zu bytes, not %d",
+                       pb->epoch.len, BM_MANIFEST_EPOCH_BYTES);
+        goto done;
+    }
+    if (pb->epoch.len != 0)
+        memcpy(m->epoch, pb->epoch.data, sizeof m->epoch);
+    if ((pb->mac.len != 0 && pb->mac.len != sizeof m->mac) ||
+        (pb->mac.len == 0) != (pb->mac_key_id == NULL || pb->mac_key_id[0] == '\0') ||
+        check_key_id(pb->mac_key_id, err, errlen) != BM_OK) {
+        rc = bm_seterr(err, errlen, BM_EPROTO, "manifest: malformed MAC or MAC key id");
+        goto done;
+    }
+    if (pb->mac.len != 0) {
+        memcpy(m->mac, pb->mac.data, sizeof m->mac);
+        memcpy(m->mac_key_id, pb->mac_key_id, strlen(pb->mac_key_id) + 1);
+        m->has_mac = 1;
+    }
     if (pb->n_segments > 0) {
         m->segments = calloc(pb->n_segments, sizeof *m->segments);
         if (m->segments == NULL) {
@@ -246,6 +284,9 @@ int bm_manifest_encode(const struct bm_manifest *m, uint8_t **out, size_t *len,
     for (size_t i = 0; i < m->ntombstones; i++)
         if ((rc = check_tombstone(m->tombstones[i], err, errlen)) != BM_OK)
             return rc;
+    if (m->has_mac && (memchr(m->mac_key_id, 0, sizeof m->mac_key_id) == NULL ||
+                       m->mac_key_id[0] == '\0'))
+        return bm_seterr(err, errlen, BM_EINVAL, "manifest: MAC without a key id");
 
     Biomatch__V1__ShardManifest pb = BIOMATCH__V1__SHARD_MANIFEST__INIT;
     Biomatch__V1__SegmentRef *refs = NULL;
@@ -280,6 +321,16 @@ int bm_manifest_encode(const struct bm_manifest *m, uint8_t **out, size_t *len,
     pb.tombstones = m->tombstones;
     pb.subjects = m->subjects;
     pb.updated_unix_ms = m->updated_unix_ms;
+    static const uint8_t zero_epoch[BM_MANIFEST_EPOCH_BYTES];
+    if (memcmp(m->epoch, zero_epoch, sizeof zero_epoch) != 0) {
+        pb.epoch.data = (uint8_t *)m->epoch;  /* protobuf-c only reads it */
+        pb.epoch.len = sizeof m->epoch;
+    }
+    if (m->has_mac) {
+        pb.mac.data = (uint8_t *)m->mac;
+        pb.mac.len = sizeof m->mac;
+        pb.mac_key_id = (char *)m->mac_key_id;
+    }
 
     size_t n = biomatch__v1__shard_manifest__get_packed_size(&pb);
     uint8_t *b = malloc(n > 0 ? n : 1);
@@ -348,6 +399,9 @@ int bm_manifest_next(const struct bm_manifest *old, const struct bm_manifest_cha
     m->tombstones = NULL;
     m->ntombstones = 0;
     m->version = old->version + 1;
+    m->has_mac = 0; /* the MAC was old's: the caller signs the new content */
+    memset(m->mac, 0, sizeof m->mac);
+    m->mac_key_id[0] = '\0';
     m->log_offset = c->log_offset;
     m->subjects = c->subjects;
     m->updated_unix_ms = c->updated_unix_ms;
@@ -425,7 +479,10 @@ int bm_manifest_diff(const struct bm_manifest *from, const struct bm_manifest *t
     if (from != NULL && (strcmp(from->gallery, to->gallery) != 0 || from->shard != to->shard))
         return bm_seterr(err, errlen, BM_EINVAL, "manifest: diff across shards (%s:%u, %s:%u)",
                          from->gallery, from->shard, to->gallery, to->shard);
-    if (from != NULL && to->version < from->version)
+    /* Another epoch: another history, so nothing of 'from' carries over
+     * and the versions do not compare. */
+    int fresh = from != NULL && !bm_manifest_same_epoch(from, to);
+    if (from != NULL && !fresh && to->version < from->version)
         return bm_seterr(err, errlen, BM_EINVAL, "manifest: version %llu is older than %llu",
                          (unsigned long long)to->version,
                          (unsigned long long)from->version);
@@ -440,6 +497,17 @@ int bm_manifest_diff(const struct bm_manifest *from, const struct bm_manifest *t
         d->gone_tombstones == NULL) {
         bm_manifest_diff_free(d);
         return oom(err, errlen);
+    }
+    if (fresh) {
+        for (size_t i = 0; i < nf; i++)
+            d->removed[d->nremoved++] = from->segments[i].id;
+        for (size_t j = 0; j < to->nsegments; j++)
+            d->added[d->nadded++] = &to->segments[j];
+        for (size_t i = 0; i < tf; i++)
+            d->gone_tombstones[d->ngone_tombstones++] = from->tombstones[i];
+        for (size_t j = 0; j < to->ntombstones; j++)
+            d->new_tombstones[d->nnew_tombstones++] = to->tombstones[j];
+        return BM_OK;
     }
     /* Both segment lists and both tombstone lists are sorted: merge. */
     size_t i = 0, j = 0;

@@ -26,6 +26,8 @@
  * allows 500k tombstones of maximal length. */
 #define BM_MANIFEST_MAX_BYTES ((size_t)64 << 20)
 #define BM_KEY_ID_MAX 64
+#define BM_MANIFEST_EPOCH_BYTES 16
+#define BM_MANIFEST_MAC_BYTES 32
 
 /* One sealed segment (SegmentRef). */
 struct bm_segref {
@@ -47,10 +49,17 @@ struct bm_manifest {
     size_t ntombstones;
     uint32_t subjects;                 /* live subjects */
     int64_t updated_unix_ms;
+    uint8_t epoch[BM_MANIFEST_EPOCH_BYTES]; /* the shard history's random id;
+                                        * all zero: unknown (an old writer) */
+    uint8_t mac[BM_MANIFEST_MAC_BYTES];/* store/manifest_mac.h; valid if has_mac */
+    int has_mac;
+    char mac_key_id[BM_KEY_ID_MAX + 1];/* at-rest key of the MAC; "" = none */
 };
 
 /* An empty manifest of version 0 (what a shard has before its first
- * publish). NULL with the reason in err on a bad name or ENOMEM. */
+ * publish), with a fresh random epoch: every version derived from it by
+ * bm_manifest_next keeps that epoch. NULL with the reason in err on a bad
+ * name, ENOMEM or a failing random source. */
 struct bm_manifest *bm_manifest_new(const char *gallery, uint32_t shard, char *err,
                                     size_t errlen);
 
@@ -88,9 +97,9 @@ struct bm_manifest_change {
     int64_t updated_unix_ms;
 };
 
-/* The successor of 'old': version old->version + 1, old's segments minus
- * 'drop' plus 'add', tombstones replaced when asked, the scalar fields from
- * 'c'. On BM_OK *out is new (old is unchanged). Fails, with *out NULL, with
+/* The successor of 'old': version old->version + 1, old's epoch, old's
+ * segments minus 'drop' plus 'add', tombstones replaced when asked, the
+ * scalar fields from 'c', and no MAC (sign it before publishing). On BM_OK *out is new (old is unchanged). Fails, with *out NULL, with
  * BM_ECONFLICT (an added id already exists, or is added twice), BM_ENOTFOUND
  * (a dropped id is absent), BM_EINVAL (bad tombstone or key id, log offset
  * going backwards) or BM_ENOMEM. */
@@ -115,8 +124,11 @@ struct bm_manifest_diff {
 /* Diff two manifests of one shard. 'from' may be NULL (a worker with
  * nothing loaded: everything in 'to' is added). A segment id present in both
  * with a different digest or size is listed as removed and added (reload).
- * BM_OK, BM_EINVAL (different gallery or shard, or 'to' older than 'from')
- * or BM_ENOMEM; *d is zeroed on failure. */
+ * Manifests of different epochs (bm_manifest_same_epoch) belong to two
+ * histories of the shard (Redis lost it and it was rebuilt): every segment
+ * and tombstone of 'from' is removed and every one of 'to' added, whatever
+ * the versions. BM_OK, BM_EINVAL (different gallery or shard, or, in one
+ * epoch, 'to' older than 'from') or BM_ENOMEM; *d is zeroed on failure. */
 int bm_manifest_diff(const struct bm_manifest *from, const struct bm_manifest *to,
                      struct bm_manifest_diff *d, char *err, size_t errlen);
 
@@ -128,6 +140,13 @@ void bm_manifest_diff_free(struct bm_manifest_diff *d);
  * none). BM_OK or BM_ENOMEM. */
 int bm_manifest_tombstone_keys(const struct bm_manifest *m, uint64_t **keys,
                                char *err, size_t errlen);
+
+/* 1 when 'a' and 'b' carry the same epoch, so their versions compare. */
+int bm_manifest_same_epoch(const struct bm_manifest *a, const struct bm_manifest *b);
+
+/* Give 'm' a fresh random epoch (a rebuild starts a new history).
+ * BM_OK or BM_EIO (no random bytes). */
+int bm_manifest_new_epoch(struct bm_manifest *m, char *err, size_t errlen);
 
 /* The segment of 'm' with 'id', or NULL. */
 const struct bm_segref *bm_manifest_segment(const struct bm_manifest *m, uint64_t id);

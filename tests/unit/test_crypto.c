@@ -460,10 +460,18 @@ static void test_envelope(void **state)
     env[14] = '1';
     expect_open(both, "faces", 3, 42, "k1", env, len, BM_OK, blob, N);
 
-    /* Plaintext blobs pass through unless the manifest names a key. */
+    /* Strict mode (a current key): a plaintext blob is refused. */
+    assert_true(bm_atrest_plaintext_refused(kr, blob, N));
+    assert_false(bm_atrest_plaintext_refused(kr, env, len));
+    expect_open(kr, "faces", 3, 42, "", blob, N, BM_ECHECKSUM, NULL, 0);
+    /* Allowed plaintext (migration) or no keys: plaintext blobs pass
+     * through unless the manifest names a key. */
+    bm_keyring_set_allow_plaintext(kr, 1);
+    assert_false(bm_atrest_plaintext_refused(kr, blob, N));
     expect_open(kr, "faces", 3, 42, "", blob, N, BM_OK, blob, N);
     expect_open(NULL, "faces", 3, 42, NULL, blob, N, BM_OK, blob, N);
     expect_open(kr, "faces", 3, 42, "k1", blob, N, BM_EPROTO, NULL, 0);
+    bm_keyring_set_allow_plaintext(kr, 0);
 
     /* A keyring without the key id (or none at all): named clearly. */
     struct bm_keyring *other = ring("k9", KEY2, NULL, NULL);
@@ -580,7 +588,10 @@ static void test_record_envelope(void **state)
     expect_open_record(NULL, "faces", 3, subj, env, len, BM_EUNSUPPORTED, NULL, 0);
     assert_non_null(strstr(err, "'k1'"));
     /* A record written without a key is read as is. */
+    expect_open_record(kr, "faces", 3, subj, val, N, BM_ECHECKSUM, NULL, 0); /* strict */
+    bm_keyring_set_allow_plaintext(kr, 1);
     expect_open_record(kr, "faces", 3, subj, val, N, BM_OK, val, N);
+    bm_keyring_set_allow_plaintext(kr, 0);
     expect_open_record(NULL, "faces", 3, subj, val, N, BM_OK, val, N);
     /* Bad arguments. */
     expect_open_record(kr, "faces", 3, NULL, env, len, BM_EINVAL, NULL, 0);

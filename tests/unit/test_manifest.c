@@ -1,6 +1,8 @@
 /* Unit tests of shard manifests and Redis key names (lib/store/manifest.h,
  * lib/store/keys.h): codec round trips and limits, version arithmetic, and
- * the diffs a worker's incremental loader applies. */
+ * the diffs a worker's incremental loader applies; epochs (a rebuilt
+ * shard replaces the held one whatever its version) and the manifest MAC
+ * of strict at-rest mode. */
 #include "testutil.h"
 
 #include <stdlib.h>
@@ -8,7 +10,9 @@
 
 #include "biomatch.pb-c.h"
 #include "store/keys.h"
+#include "crypto/keyring.h"
 #include "store/manifest.h"
+#include "store/manifest_mac.h"
 #include "store/subjects.h"
 
 static struct bm_segref ref(uint64_t id, uint32_t count, uint8_t fill)
@@ -290,6 +294,112 @@ static void test_keys(void **state)
     assert_string_equal(small, "");
 }
 
+/* An epoch is drawn by bm_manifest_new, kept by bm_manifest_next and
+ * survives the codec; a diff across epochs replaces everything even when
+ * the new history's version is lower (the FLUSHALL story). */
+static void test_epoch(void **state)
+{
+    (void)state;
+    char err[256];
+    struct bm_manifest *a = v1();
+    struct bm_manifest *b = v1();
+    assert_false(bm_manifest_same_epoch(a, b)); /* two histories */
+    uint8_t *enc = NULL;
+    size_t len = 0;
+    assert_int_equal(bm_manifest_encode(a, &enc, &len, err, sizeof err), BM_OK);
+    struct bm_manifest *a2 = NULL;
+    assert_int_equal(bm_manifest_decode(enc, len, 0, &a2, err, sizeof err), BM_OK);
+    free(enc);
+    assert_true(bm_manifest_same_epoch(a, a2));
+    /* 'a' moves on to version 3 in its own epoch. */
+    struct bm_manifest_change c = {0};
+    c.log_offset = a->log_offset;
+    struct bm_manifest *a3 = NULL, *tmp = NULL;
+    assert_int_equal(bm_manifest_next(a, &c, &tmp, err, sizeof err), BM_OK);
+    assert_int_equal(bm_manifest_next(tmp, &c, &a3, err, sizeof err), BM_OK);
+    bm_manifest_free(tmp);
+    assert_true(bm_manifest_same_epoch(a, a3));
+    assert_true(a3->version > b->version);
+    /* Same epoch: an older version is refused. Another epoch: b replaces
+     * a3 whole although its version is lower. */
+    struct bm_manifest_diff d;
+    assert_int_equal(bm_manifest_diff(a3, a2, &d, err, sizeof err), BM_EINVAL);
+    assert_int_equal(bm_manifest_diff(a3, b, &d, err, sizeof err), BM_OK);
+    assert_int_equal(d.nremoved, a3->nsegments);
+    assert_int_equal(d.nadded, b->nsegments);
+    bm_manifest_diff_free(&d);
+    bm_manifest_free(a);
+    bm_manifest_free(a2);
+    bm_manifest_free(a3);
+    bm_manifest_free(b);
+}
+
+static struct bm_keyring *ring(const char *id, uint8_t fill)
+{
+    uint8_t key[32];
+    memset(key, fill, sizeof key);
+    struct bm_keyring *kr = bm_keyring_new();
+    assert_non_null(kr);
+    char err[128];
+    assert_int_equal(bm_keyring_add(kr, id, key, 1, err, sizeof err), BM_OK);
+    return kr;
+}
+
+/* Strict mode: a signed manifest verifies after a codec round trip; a
+ * changed field of any kind, an unsigned manifest, and a manifest signed
+ * under another key's bytes are refused; outside strict mode unsigned
+ * manifests pass. */
+static void test_mac(void **state)
+{
+    (void)state;
+    char err[256];
+    struct bm_keyring *kr = ring("k1", 0x11), *other = ring("k1", 0x22);
+    assert_true(bm_keyring_strict(kr));
+    struct bm_manifest *m = v1();
+    assert_int_equal(bm_manifest_verify(m, kr, err, sizeof err), BM_ECHECKSUM); /* unsigned */
+    assert_int_equal(bm_manifest_verify(m, NULL, err, sizeof err), BM_OK);
+    assert_int_equal(bm_manifest_sign(m, kr, err, sizeof err), BM_OK);
+    assert_true(m->has_mac);
+    assert_string_equal(m->mac_key_id, "k1");
+    uint8_t *enc = NULL;
+    size_t len = 0;
+    assert_int_equal(bm_manifest_encode(m, &enc, &len, err, sizeof err), BM_OK);
+    struct bm_manifest *d = NULL;
+    assert_int_equal(bm_manifest_decode(enc, len, 0, &d, err, sizeof err), BM_OK);
+    free(enc);
+    assert_int_equal(bm_manifest_verify(d, kr, err, sizeof err), BM_OK);
+    assert_int_equal(bm_manifest_verify(d, other, err, sizeof err), BM_ECHECKSUM);
+    /* Every covered field matters. */
+    for (int field = 0; field < 6; field++) {
+        struct bm_manifest *x = bm_manifest_dup(d, err, sizeof err);
+        assert_non_null(x);
+        switch (field) {
+        case 0: x->version++; break;
+        case 1: x->epoch[3] ^= 1; break;
+        case 2: x->segments[0].sha256[0] ^= 1; break;
+        case 3: x->segments[1].count++; break;
+        case 4: x->log_offset++; break;
+        default: x->shard++; break;
+        }
+        assert_int_equal(bm_manifest_verify(x, kr, err, sizeof err), BM_ECHECKSUM);
+        bm_manifest_free(x);
+    }
+    /* bm_manifest_next drops the MAC: the new content must be signed. */
+    struct bm_manifest_change c = {0};
+    c.log_offset = d->log_offset;
+    struct bm_manifest *n = NULL;
+    assert_int_equal(bm_manifest_next(d, &c, &n, err, sizeof err), BM_OK);
+    assert_false(n->has_mac);
+    bm_keyring_set_allow_plaintext(kr, 1);
+    assert_false(bm_keyring_strict(kr));
+    assert_int_equal(bm_manifest_verify(n, kr, err, sizeof err), BM_OK);
+    bm_manifest_free(n);
+    bm_manifest_free(d);
+    bm_manifest_free(m);
+    bm_keyring_free(kr);
+    bm_keyring_free(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +407,8 @@ int main(void)
         cmocka_unit_test(test_codec),
         cmocka_unit_test(test_diff),
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_epoch),
+        cmocka_unit_test(test_mac),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
