@@ -3,9 +3,11 @@
  * create writes the immutable definition (store/galdef.h: created, or an
  * identical one already there, or refused) and then makes sure the topics
  * exist: the shared ones (enroll, jobs, partials, results, audit, dlq;
- * created only when missing, so an operator's partition choice is kept),
- * gallery.NAME (compacted, S partitions) and tasks.NAME (S x R). Every step
- * is idempotent, so re-running a create that failed half-way finishes it. */
+ * created only when missing, so an operator's partition choice is kept;
+ * galleries, compacted, one partition), gallery.NAME (compacted, S
+ * partitions) and tasks.NAME (S x R), and finally records the definition
+ * in the galleries topic, its durable copy. Every step is idempotent, so
+ * re-running a create that failed half-way finishes it. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,16 +48,23 @@ static const char *scoring_name(enum bm_iris_scoring s)
     return s == BM_IRIS_NORMALISED ? "normalised" : s == BM_IRIS_OPENIRIS ? "openiris" : "fractional";
 }
 
-/* Create the shared topics that do not exist yet with 'partitions' each. */
+/* Create the shared topics that do not exist yet with 'partitions' each,
+ * and the galleries topic: the gallery definitions' durable copy
+ * (docs/storage.md §7.8), one partition (a handful of tiny records, read
+ * whole at start), compacted so the latest definition of a name stays. */
 static int ensure_shared_topics(struct bm_admin *a, const char *prefix, int partitions)
 {
-    static const enum bm_topic shared[] = { BM_TOPIC_ENROLL, BM_TOPIC_JOBS, BM_TOPIC_PARTIALS,
-                                            BM_TOPIC_RESULTS, BM_TOPIC_AUDIT, BM_TOPIC_DLQ };
+    static const struct { enum bm_topic topic; int compacted; } shared[] = {
+        { BM_TOPIC_ENROLL, 0 }, { BM_TOPIC_JOBS, 0 }, { BM_TOPIC_PARTIALS, 0 },
+        { BM_TOPIC_RESULTS, 0 }, { BM_TOPIC_AUDIT, 0 }, { BM_TOPIC_DLQ, 0 },
+        { BM_TOPIC_GALLERIES, 1 },
+    };
+    static const struct bm_bus_prop compact[] = { { "cleanup.policy", "compact" } };
     char err[512];
     for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
         char name[BM_TOPIC_MAX];
         int have = 0;
-        if (bm_topic_name(name, sizeof name, prefix, shared[i]) != 0) {
+        if (bm_topic_name(name, sizeof name, prefix, shared[i].topic) != 0) {
             fprintf(stderr, "biomatch: topic prefix '%s' is too long\n", prefix);
             return -1;
         }
@@ -66,13 +75,59 @@ static int ensure_shared_topics(struct bm_admin *a, const char *prefix, int part
             fprintf(stderr, "biomatch: topic %s: %s\n", name, err);
             return -1;
         }
-        struct bm_bus_topic_spec t = { .name = name, .partitions = partitions, .replication = -1 };
+        int c = shared[i].compacted;
+        struct bm_bus_topic_spec t = { .name = name, .partitions = c ? 1 : partitions,
+                                       .replication = -1, .configs = c ? compact : NULL,
+                                       .nconfigs = c ? 1 : 0 };
         rc = bm_admin_create_topics(a, &t, 1, ADMIN_TIMEOUT_MS, err, sizeof err);
         if (rc != BM_OK) {
             fprintf(stderr, "biomatch: create topic %s: %s\n", name, err);
             return -1;
         }
-        fprintf(stderr, "created topic %s (%d partitions)\n", name, partitions);
+        fprintf(stderr, "created topic %s (%d partitions%s)\n", name, t.partitions,
+                c ? ", compacted" : "");
+    }
+    return 0;
+}
+
+static void on_def_delivery(const struct bm_delivery *d, void *opaque)
+{
+    *(int *)opaque = d->err == BM_OK ? 1 : -1;
+}
+
+/* Append 'def' to the galleries topic, keyed by its name, and wait for
+ * the delivery: the durable copy a coordinator restores Redis from. */
+static int publish_definition(const struct cli_common *c,
+                              const Biomatch__V1__GalleryDefinition *def)
+{
+    char err[512], topic[BM_TOPIC_MAX];
+    struct bm_bus_conf bc;
+    struct bm_bus_prop *props = calloc(c->conf->kafka_n + 1, sizeof *props);
+    if (props == NULL || cli_bus_conf(c, &bc, props) != 0 ||
+        bm_topic_name(topic, sizeof topic, cli_prefix(c), BM_TOPIC_GALLERIES) != 0) {
+        free(props);
+        return -1;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (bm_galdef_encode(def, &buf, &len, err, sizeof err) != BM_OK) {
+        fprintf(stderr, "biomatch: %s\n", err);
+        return -1;
+    }
+    struct bm_producer *p = bm_producer_new(&bc, err, sizeof err);
+    int delivered = 0;
+    int rc = p == NULL ? BM_EKAFKA
+                       : bm_producer_send(p, topic, 0, def->name, strlen(def->name), buf, len,
+                                          NULL, 0, on_def_delivery, &delivered);
+    if (rc == BM_OK)
+        rc = bm_producer_flush(p, ADMIN_TIMEOUT_MS);
+    free(buf);
+    bm_producer_free(p);
+    free(props);
+    if (rc != BM_OK || delivered != 1) {
+        fprintf(stderr, "biomatch: gallery %s: not recorded in %s%s%s\n", def->name, topic,
+                p == NULL ? ": " : "", p == NULL ? err : "");
+        return -1;
     }
     return 0;
 }
@@ -105,9 +160,10 @@ int cli_topics(int argc, char **argv)
     };
     int p = cli_parse(argc, argv, 1, opts, sizeof opts / sizeof opts[0], pos, 1, &npos,
                       "biomatch topics create [flags]",
-                      "Create the shared topics enroll, jobs, partials, results, audit and dlq\n"
-                      "(with the topic prefix) where they do not exist yet. Existing topics are\n"
-                      "left as they are. `gallery create` does the same.");
+                      "Create the shared topics enroll, jobs, partials, results, audit and dlq,\n"
+                      "and the compacted galleries topic (gallery definitions), with the topic\n"
+                      "prefix, where they do not exist yet. Existing topics are left as they\n"
+                      "are. `gallery create` does the same.");
     if (p != 0)
         return p > 0 ? 0 : 2;
     if (npos != 1 || strcmp(pos[0], "create") != 0) {
@@ -234,7 +290,8 @@ static int gallery_create(int argc, char **argv)
         goto out;
     }
     a = open_admin(&c);
-    if (a == NULL || ensure_shared_topics(a, cli_prefix(&c), (int)np) != 0)
+    if (a == NULL || ensure_shared_topics(a, cli_prefix(&c), (int)np) != 0 ||
+        publish_definition(&c, def) != 0)
         goto out;
     char gt[BM_TOPIC_MAX], tt[BM_TOPIC_MAX];
     if (bm_topic_gallery(gt, sizeof gt, cli_prefix(&c), def->name) != 0 ||

@@ -17,7 +17,7 @@ static void usage(FILE *f)
             "  gallery stats NAME     per-shard subjects, segments, bytes, manifest version\n"
             "  gallery load NAME      load every shard as a worker would (speed, memory)\n"
             "  topics create          create the shared topics (enroll, jobs, partials,\n"
-            "                         results, audit, dlq) if missing\n"
+            "                         results, audit, dlq, galleries) if missing\n"
             "  enroll                 send enrollment requests from .npy / iris files\n"
             "  gen                    write a seeded synthetic gallery and probe set\n"
             "  submit                 send a match job, optionally wait for its result\n"

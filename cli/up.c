@@ -431,8 +431,8 @@ static int create_topics(struct up *u)
 {
     static const enum bm_topic shared[] = { BM_TOPIC_ENROLL, BM_TOPIC_JOBS, BM_TOPIC_PARTIALS,
                                             BM_TOPIC_RESULTS, BM_TOPIC_AUDIT, BM_TOPIC_DLQ };
-    char names[10][BM_TOPIC_MAX];
-    int parts[10], compact[10];
+    char names[11][BM_TOPIC_MAX];
+    int parts[11], compact[11];
     int n = 0;
     for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++, n++) {
         if (bm_topic_name(names[n], BM_TOPIC_MAX, u->prefix, shared[i]) != 0)
@@ -440,6 +440,12 @@ static int create_topics(struct up *u)
         parts[n] = SHARED_PARTITIONS;
         compact[n] = 0;
     }
+    /* The gallery definitions' topic, so the coordinator's first read of
+     * it succeeds (docs/storage.md §7.8). */
+    if (bm_topic_name(names[n], BM_TOPIC_MAX, u->prefix, BM_TOPIC_GALLERIES) != 0)
+        return -1;
+    parts[n] = 1;
+    compact[n++] = 1;
     const char *gal[2] = { CLI_UP_FACE, CLI_UP_IRIS };
     uint32_t sh[2] = { u->face_shards, u->iris_shards };
     for (int g = 0; g < 2; g++) {

@@ -25,7 +25,9 @@
 #include "conf/topics.h"
 #include "crypto/atrest.h"
 #include "gallery.h"
+#include "galreg.h"
 #include "obs/log.h"
+#include "obs/outage.h"
 #include "shard.h"
 #include "store/galdef.h"
 #include "store/redis.h"
@@ -60,7 +62,51 @@ struct builder {
     char group[BM_TOPIC_MAX];
     char prefix[BM_TOPIC_MAX];   /* "<topic prefix>gallery." */
     int need_commit;
+    struct bm_galreg *reg;       /* definitions from <prefix>galleries */
+    int redis_down;              /* the last PING failed: shards wait (an outage
+                                    reported to ctx->outage) */
 };
+
+/* ------------------------------------------------------------ redis */
+
+/* Record whether Redis answers. During an outage of any length nothing is
+ * sealed, opened or checked (every record stays in its buffer and in the
+ * log; no offset moves); it is reported like every outage a role waits
+ * out (obs/outage.h: /readyz 503, biomatch_outage_waiting{component}), and
+ * the builder resumes by itself when Redis answers again. */
+static void redis_state(struct builder *b, int up)
+{
+    if (up == !b->redis_down)
+        return;
+    b->redis_down = !up;
+    bm_outage_report(&b->ctx->outage, !up, BM_EIO, "redis unreachable (segment builder)");
+    /* Back, maybe empty: definitions first, so workers and intake find
+     * their galleries before the shards are rebuilt. */
+    if (up && b->reg != NULL)
+        bm_galreg_restore(b->reg, b->redis);
+    /* Hold the owned partitions meanwhile, so buffers stay bounded; the
+     * pending ones stay paused until their shard opens anyway. */
+    for (size_t i = 0; i < b->nown; i++) {
+        const char *topic = bm_gshard_topic(b->own[i].sh);
+        int32_t part = bm_gshard_partition(b->own[i].sh);
+        if (up)
+            bm_consumer_resume(b->consumer, topic, part);
+        else
+            bm_consumer_pause(b->consumer, topic, part);
+    }
+    BM_LOGF(up ? BM_LOG_INFO : BM_LOG_WARN,
+            up ? "redis reachable again; builder resumes" : "redis unreachable; builder waits",
+            BM_LF_INT("shards", b->nown));
+}
+
+/* PING Redis (the connection reconnects by itself); 1 when it answered. */
+static int redis_ping(struct builder *b)
+{
+    int rc = bm_redis_ping(b->redis);
+    if (rc != BM_OK)
+        bm_redis_clear_err(b->redis);
+    return rc == BM_OK;
+}
 
 static struct owned *find_owned(struct builder *b, const char *topic, int32_t partition,
                                 size_t *at)
@@ -156,13 +202,22 @@ static void open_pending(struct builder *b)
         const char *name = p->topic + (strncmp(p->topic, b->prefix, plen) == 0 ? plen : 0);
         int rc = BM_OK;
         Biomatch__V1__GalleryDefinition *def = bm_galdef_get(b->redis, name, &rc, err, sizeof err);
+        const Biomatch__V1__GalleryDefinition *use = def;
+        if (def == NULL && rc == BM_ENOTFOUND) {
+            /* Redis lost it (or never had it): the galleries topic is the
+             * durable copy; put it back and go on. */
+            use = bm_galreg_find(b->reg, name, bm_mono_ms());
+            if (use != NULL && bm_galdef_put(b->redis, use, NULL, err, sizeof err) == BM_OK)
+                BM_LOGF(BM_LOG_WARN, "gallery definition restored from the galleries topic",
+                        BM_LF_STR("gallery", name));
+        }
         struct bm_gshard *sh = NULL;
-        if (def == NULL) {
+        if (use == NULL) {
             BM_LOGF(BM_LOG_WARN, "gallery partition waits for its definition",
                     BM_LF_STR("gallery", name), BM_LF_INT("partition", p->partition),
                     BM_LF_STR("error", err));
         } else {
-            sh = bm_gshard_open(&b->env, def, p->topic, p->partition, err, sizeof err);
+            sh = bm_gshard_open(&b->env, use, p->topic, p->partition, err, sizeof err);
             if (sh == NULL)
                 BM_LOGF(BM_LOG_ERROR, "shard open failed; retrying", BM_LF_STR("gallery", name),
                         BM_LF_INT("shard", p->partition), BM_LF_STR("error", err));
@@ -209,6 +264,9 @@ static void builder_free(struct builder *b)
     for (size_t i = 0; i < b->nown; i++)
         bm_gshard_free(b->own[i].sh);
     free(b->own);
+    if (b->redis_down) /* every reported wait ends (obs/outage.h) */
+        bm_outage_report(&b->ctx->outage, 0, BM_OK, "");
+    bm_galreg_free(b->reg);
     bm_redis_close(b->redis);
     bm_keyring_free(b->keyring);
     free(b->props);
@@ -246,10 +304,25 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
     };
     if ((rc = bm_coord_bus_conf(ctx, extra, 4, &b->bus, &b->props, err, sizeof err)) != BM_OK)
         goto fail;
-    if ((b->redis = bm_coord_redis(ctx, err, sizeof err)) == NULL) {
-        rc = BM_EIO;
+    /* Redis down at start is an outage like any other: wait for it. */
+    int waiting = 0;
+    for (int attempt = 0; (b->redis = bm_coord_redis(ctx, err, sizeof err)) == NULL; attempt++) {
+        if (!bm_coord_wait(ctx, &waiting, attempt, BM_EIO, err)) {
+            bm_coord_wait_end(ctx, &waiting);
+            builder_free(b);
+            return BM_OK; /* stopped while waiting */
+        }
+    }
+    bm_coord_wait_end(ctx, &waiting);
+    char gtopic[BM_TOPIC_MAX];
+    if (bm_topic_name(gtopic, sizeof gtopic, conf->topic_prefix, BM_TOPIC_GALLERIES) != 0 ||
+        (b->reg = bm_galreg_new(&b->bus, gtopic)) == NULL) {
+        snprintf(err, sizeof err, "gallery registry: out of memory or prefix too long");
+        rc = BM_ENOMEM;
         goto fail;
     }
+    if (bm_galreg_sync(b->reg, bm_mono_ms(), err, sizeof err) == BM_OK)
+        bm_galreg_restore(b->reg, b->redis);
     b->keyring = bm_keyring_from_conf(conf, &rc, err, sizeof err);
     if (rc != BM_OK)
         goto fail;
@@ -283,7 +356,7 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
     BM_LOGF(BM_LOG_INFO, "segment builder started", BM_LF_STR("subscription", regex),
             BM_LF_STR("group", b->group));
 
-    long long last_timer = 0, last_check = bm_mono_ms(), last_pending = 0;
+    long long last_timer = 0, last_check = bm_mono_ms(), last_pending = 0, last_ping = 0;
     while (!bm_coord_stopping(ctx)) {
         struct bm_bus_msg *m = NULL;
         int prc = bm_consumer_poll(b->consumer, TIMER_INTERVAL_MS, &m, err, sizeof err);
@@ -302,6 +375,14 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
             BM_LOGF(BM_LOG_WARN, "builder: consumer", BM_LF_STR("error", err));
         }
         long long now = bm_mono_ms();
+        if (b->redis_down || now - last_check >= CHECK_INTERVAL_MS) {
+            if (b->redis_down && now - last_ping < PENDING_RETRY_MS)
+                continue;
+            last_ping = now;
+            redis_state(b, redis_ping(b));
+            if (b->redis_down)
+                continue;
+        }
         if (b->npend > 0 && now - last_pending >= PENDING_RETRY_MS) {
             open_pending(b);
             last_pending = now;
@@ -314,6 +395,8 @@ int bm_builder_run(struct bm_coord_ctx *ctx)
         }
         if (now - last_check >= CHECK_INTERVAL_MS) {
             last_check = now;
+            char rerr[256];
+            bm_galreg_sync(b->reg, now, rerr, sizeof rerr);
             for (size_t i = 0; i < b->nown; i++) {
                 bm_gshard_check(b->own[i].sh, now);
                 store_progress(b, &b->own[i]);

@@ -10,6 +10,7 @@
 
 #include "bus/bus.h"
 #include "common/err.h"
+#include "galreg.h"
 #include "store/galdef.h"
 
 struct gentry {
@@ -25,6 +26,7 @@ struct tentry {
 };
 
 struct bm_galcache {
+    struct bm_galreg *reg;                /* NULL: Redis only */
     struct bm_redis *redis;
     struct bm_admin *admin;
     int64_t ttl_ms, neg_ttl_ms;
@@ -45,6 +47,11 @@ struct bm_galcache *bm_galcache_new(struct bm_redis *r, struct bm_admin *a, int6
     c->ttl_ms = ttl_ms;
     c->neg_ttl_ms = negative_ttl_ms;
     return c;
+}
+
+void bm_galcache_set_registry(struct bm_galcache *c, struct bm_galreg *reg)
+{
+    c->reg = reg;
 }
 
 static void gentry_clear(struct gentry *e)
@@ -87,6 +94,15 @@ int bm_galcache_get(struct bm_galcache *c, const char *name, int64_t now_ms,
     if (d == NULL && rc != BM_ENOTFOUND && rc != BM_EPROTO && rc != BM_ERANGE &&
         rc != BM_EINVAL)
         return rc;
+    if (d == NULL && rc == BM_ENOTFOUND && c->reg != NULL) {
+        /* Missing from Redis but in the galleries topic: Redis lost it.
+         * Put it back (best effort: the gallery role does too) and serve. */
+        const Biomatch__V1__GalleryDefinition *rd = bm_galreg_find(c->reg, name, now_ms);
+        if (rd != NULL && (d = bm_galdef_dup(rd, NULL, err, errlen)) != NULL) {
+            char perr[256];
+            bm_galdef_put(c->redis, d, NULL, perr, sizeof perr);
+        }
+    }
     if (e == NULL) {
         if (c->ng == BM_GALCACHE_MAX) {
             for (size_t i = 0; i < c->ng; i++)

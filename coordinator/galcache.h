@@ -21,6 +21,7 @@
 
 struct bm_redis;
 struct bm_admin;
+struct bm_galreg;
 
 #define BM_GALCACHE_MAX 1024
 
@@ -30,6 +31,12 @@ struct bm_galcache;
 struct bm_galcache *bm_galcache_new(struct bm_redis *r, struct bm_admin *a,
                                     int64_t ttl_ms, int64_t negative_ttl_ms);
 void bm_galcache_free(struct bm_galcache *c);
+
+/* Consult 'reg' (borrowed, must outlive the cache; NULL = none) when
+ * Redis has no definition: a gallery the galleries topic knows is put
+ * back into Redis and found, so a Redis that lost its data never turns
+ * valid jobs into UNKNOWN_GALLERY (docs/storage.md §7.8). */
+void bm_galcache_set_registry(struct bm_galcache *c, struct bm_galreg *reg);
 
 /* The definition of gallery 'name' at 'now_ms' (monotonic ms). BM_OK with
  * *def borrowed from the cache (valid until the next call), BM_ENOTFOUND

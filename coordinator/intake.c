@@ -30,6 +30,7 @@
 #include "conf/policy.h"
 #include "conf/topics.h"
 #include "galcache.h"
+#include "galreg.h"
 #include "obs/log.h"
 #include "obs/skew.h"
 #include "obs/metrics.h"
@@ -61,6 +62,7 @@ struct bm_intake {
     struct bm_admin *admin;
     struct bm_redis *redis;
     struct bm_galcache *cache;
+    struct bm_galreg *reg;          /* <prefix>galleries, behind the cache */
     struct bm_audit *audit;
     struct bm_wire_limits limits;
     struct bm_policy *policy;  /* NULL: development mode, every agency allowed */
@@ -528,6 +530,7 @@ static void intake_free(struct bm_intake *in)
         free(p);
     }
     bm_galcache_free(in->cache);
+    bm_galreg_free(in->reg);
     bm_audit_close(in->audit);
     bm_admin_free(in->admin);
     bm_redis_close(in->redis);
@@ -570,6 +573,11 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
         in->cons = bm_consumer_new(&bc, group, NULL, &cbs, err, errlen);
     if (in->cons)
         in->admin = bm_admin_new(&bc, err, errlen);
+    /* The definitions' durable copy, for a Redis that lost them (galreg.h);
+     * it copies 'bc' and its props before they are freed. */
+    char gtopic[BM_TOPIC_MAX];
+    if (in->admin != NULL && bm_topic_name(gtopic, sizeof gtopic, pfx, BM_TOPIC_GALLERIES) == 0)
+        in->reg = bm_galreg_new(&bc, gtopic);
     free(props);
     if (in->admin == NULL)
         goto fail;
@@ -577,7 +585,9 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
     if (in->redis == NULL)
         goto fail;
     in->cache = bm_galcache_new(in->redis, in->admin, 30000, 1000);
-    if (in->cache == NULL) {
+    if (in->cache != NULL)
+        bm_galcache_set_registry(in->cache, in->reg);
+    if (in->cache == NULL || in->reg == NULL) {
         bm_seterr(err, errlen, BM_ENOMEM, "intake: out of memory");
         goto fail;
     }

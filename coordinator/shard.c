@@ -115,12 +115,7 @@ struct bm_gshard *bm_gshard_open(const struct bm_gshard_env *env,
     sh->shard = (uint32_t)partition;
     snprintf(sh->gallery, sizeof sh->gallery, "%s", def->name);
     snprintf(sh->topic, sizeof sh->topic, "%s", topic);
-    size_t len = 0;
-    uint8_t *enc = bm_wire_encode(&def->base, &len);
-    int rc = BM_ENOMEM;
-    if (enc != NULL)
-        sh->def = bm_galdef_decode(enc, len, &rc, err, errlen);
-    free(enc);
+    sh->def = bm_galdef_dup(def, NULL, err, errlen);
     if (sh->def == NULL || bm_galdef_to_spec(sh->def, &sh->spec, err, errlen) != BM_OK ||
         bm_key_manifest(sh->mkey, sizeof sh->mkey, sh->gallery, sh->shard) != BM_OK)
         goto fail;

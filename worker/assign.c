@@ -24,6 +24,7 @@
 #include "obs/http.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "obs/outage.h"
 #include "store/loader.h"
 #include "store/redis.h"
 #include "store/redis_conf.h"
@@ -209,12 +210,32 @@ static void backoff(struct wk_shard *s, int64_t now)
         s->backoff_ms = WK_BACKOFF_MAX_MS;
 }
 
+/* Record whether the loader reaches Redis: an outage of any length is
+ * waited out (loads and refreshes back off and retry; held versions keep
+ * scoring) and reported like every outage (obs/outage.h: /readyz 503,
+ * biomatch_outage_waiting{component="worker"}). Loader thread only. */
+static void redis_reachable(struct wk *w, int up)
+{
+    if (up == !w->redis_down)
+        return;
+    w->redis_down = !up;
+    bm_outage_report(&w->outage, !up, BM_EIO, "redis unreachable (shard loader)");
+}
+
+/* 1 when 'rc' from a load or refresh means Redis could not be reached
+ * (as opposed to an answer we refuse). */
+static int unreachable(int rc)
+{
+    return rc == BM_EIO || rc == BM_ETIMEDOUT || rc == BM_ECLOSED || rc == BM_EUNAVAIL;
+}
+
 static struct bm_redis *redis_connect(struct wk *w)
 {
     char err[256];
     struct bm_redis *r = bm_redis_connect_conf(w->conf, err, sizeof err);
     if (r == NULL)
         BM_LOGF(BM_LOG_WARN, "redis connect failed; retrying", BM_LF_STR("error", err));
+    redis_reachable(w, r != NULL);
     return r;
 }
 
@@ -226,7 +247,10 @@ static void do_load(struct wk *w, struct bm_redis *r, struct wk_shard *s)
     struct bm_shard *sh =
         bm_shard_load_keyring(r, g->def, s->index, w->pool, w->keyring, &rc, err, sizeof err);
     int64_t now = bm_mono_ms();
+    redis_reachable(w, sh != NULL || !unreachable(rc));
     if (sh == NULL) {
+        if (rc == BM_ECHECKSUM || rc == BM_EUNSUPPORTED)
+            bm_counter_inc(g->shards_refused);
         backoff(s, now);
         BM_LOGF(rc == BM_ENOTFOUND ? BM_LOG_INFO : BM_LOG_WARN,
                 rc == BM_ENOTFOUND ? "shard not in redis; waiting for a rebuild"
@@ -257,8 +281,11 @@ static void do_refresh(struct wk *w, struct bm_redis *r, struct wk_shard *s)
     int changed = 0;
     int rc = bm_shard_refresh(s->shard, r, &changed, err, sizeof err);
     int64_t now = bm_mono_ms();
+    redis_reachable(w, !unreachable(rc));
     if (rc != BM_OK) {
         /* The held version stays usable; only following stalls. */
+        if (rc == BM_ECHECKSUM || rc == BM_EUNSUPPORTED)
+            bm_counter_inc(s->g->shards_refused);
         backoff(s, now);
         BM_LOGF(BM_LOG_WARN, "shard refresh failed; scoring continues on the held version",
                 BM_LF_STR("gallery", s->g->name), BM_LF_INT("shard", s->index),
@@ -363,6 +390,7 @@ static void *loader_main(void *arg)
         pthread_mutex_unlock(&w->lock);
     }
     wk_lag_free(lag);
+    redis_reachable(w, 1); /* every reported wait ends (obs/outage.h) */
     bm_redis_close(r);
     return NULL;
 }

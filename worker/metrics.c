@@ -51,9 +51,14 @@ int wk_metrics_init(struct wk *w, char *err, size_t errlen)
                                            gl, err, errlen);
         g->shards_loaded = bm_metrics_gauge(w->metrics, "biomatch_worker_shards_loaded",
                                             "Shards held in memory.", gl, err, errlen);
+        g->shards_refused = bm_metrics_counter(
+            w->metrics, "biomatch_worker_shards_refused_total",
+            "Shard loads and refreshes refused as unauthenticated (strict at-rest mode: "
+            "plaintext segment or manifest MAC; segment digest).",
+            gl, err, errlen);
         if (g->comparisons == NULL || g->batch_probes == NULL || g->scoring_seconds == NULL ||
             g->e2e_seconds == NULL || g->load_seconds == NULL || g->load_bytes == NULL ||
-            g->shards_loaded == NULL)
+            g->shards_loaded == NULL || g->shards_refused == NULL)
             return BM_EINVAL;
     }
     return BM_OK;

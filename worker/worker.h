@@ -173,6 +173,7 @@ struct wk {
     struct wk_part *zombies;       /* revoked, answers still in flight */
     pthread_t loader;
     atomic_int loader_stop;
+    int redis_down;                /* loader thread: Redis not reached (an outage) */
     int loader_started;
 
     pthread_mutex_t qlock;         /* scoring queue */

@@ -14,6 +14,7 @@ static const char *base_name(enum bm_topic t)
     case BM_TOPIC_RESULTS: return "results";
     case BM_TOPIC_AUDIT: return "audit";
     case BM_TOPIC_DLQ: return "dlq";
+    case BM_TOPIC_GALLERIES: return "galleries";
     }
     return NULL;
 }
@@ -51,7 +52,8 @@ bool bm_topic_is_internal(const char *prefix, const char *topic)
     if (strncmp(topic, prefix, n) != 0)
         return false;
     const char *rest = topic + n;
-    static const char *const exact[] = { "enroll", "jobs", "partials", "audit", "dlq" };
+    static const char *const exact[] = { "enroll", "jobs", "partials", "audit", "dlq",
+                                                   "galleries" };
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
         if (strcmp(rest, exact[i]) == 0)
             return true;

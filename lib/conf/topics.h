@@ -17,6 +17,7 @@ enum bm_topic {
     BM_TOPIC_RESULTS,   /* coordinator -> agencies: MatchResult */
     BM_TOPIC_AUDIT,     /* coordinator -> auditors: AuditRecord */
     BM_TOPIC_DLQ,       /* any -> operators: undecodable or rejected input */
+    BM_TOPIC_GALLERIES, /* gallery definitions, compacted, key = gallery name */
 };
 
 /* Longest name any helper below produces, including the terminator. */
@@ -32,7 +33,7 @@ int bm_topic_gallery(char *buf, size_t len, const char *prefix, const char *gall
 int bm_topic_tasks(char *buf, size_t len, const char *prefix, const char *gallery);
 
 /* True when 'topic' is one of the topics biomatch itself reads or keeps
- * (enroll, jobs, partials, audit, dlq, gallery.*, tasks.*) under 'prefix':
+ * (enroll, jobs, partials, audit, dlq, galleries, gallery.*, tasks.*) under 'prefix':
  * no client-chosen reply may be written there. results is not internal. */
 bool bm_topic_is_internal(const char *prefix, const char *topic);
 

@@ -115,6 +115,34 @@ int bm_galdef_validate(const Biomatch__V1__GalleryDefinition *def, char *err, si
     return BM_OK;
 }
 
+int bm_galdef_encode(const Biomatch__V1__GalleryDefinition *def, uint8_t **out, size_t *len,
+                     char *err, size_t errlen)
+{
+    size_t n = biomatch__v1__gallery_definition__get_packed_size(def);
+    *out = malloc(n ? n : 1);
+    *len = 0;
+    if (*out == NULL)
+        return bm_seterr(err, errlen, BM_ENOMEM, "gallery definition: out of memory");
+    *len = biomatch__v1__gallery_definition__pack(def, *out);
+    return BM_OK;
+}
+
+Biomatch__V1__GalleryDefinition *bm_galdef_dup(const Biomatch__V1__GalleryDefinition *def,
+                                               int *rc, char *err, size_t errlen)
+{
+    size_t len = 0;
+    uint8_t *enc = NULL;
+    int erc = bm_galdef_encode(def, &enc, &len, err, errlen);
+    if (erc != BM_OK) {
+        if (rc != NULL)
+            *rc = erc;
+        return NULL;
+    }
+    Biomatch__V1__GalleryDefinition *d = bm_galdef_decode(enc, len, rc, err, errlen);
+    free(enc);
+    return d;
+}
+
 void bm_galdef_free(Biomatch__V1__GalleryDefinition *def)
 {
     if (def == NULL)
@@ -282,11 +310,10 @@ int bm_galdef_put(struct bm_redis *r, const Biomatch__V1__GalleryDefinition *def
     rc = bm_key_gallery(key, sizeof key, def->name);
     if (rc != BM_OK)
         return bm_seterr(err, errlen, rc, "gallery definition: bad key for '%s'", def->name);
-    size_t n = biomatch__v1__gallery_definition__get_packed_size(def);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (buf == NULL)
-        return bm_seterr(err, errlen, BM_ENOMEM, "gallery definition: out of memory");
-    biomatch__v1__gallery_definition__pack(def, buf);
+    size_t n = 0;
+    uint8_t *buf = NULL;
+    if ((rc = bm_galdef_encode(def, &buf, &n, err, errlen)) != BM_OK)
+        return rc;
 
     /* Two rounds at most: if the key vanished between SET NX and GET
      * (someone deleted it by hand), try the create once more. */

@@ -62,6 +62,18 @@ Biomatch__V1__GalleryDefinition *bm_galdef_from_spec(const char *name,
 int bm_galdef_equal(const Biomatch__V1__GalleryDefinition *a,
                     const Biomatch__V1__GalleryDefinition *b);
 
+/* The protobuf bytes of 'def' (as stored in Redis and in the galleries
+ * topic) in a malloc'd *out of *len bytes (caller frees). BM_OK or
+ * BM_ENOMEM (*out NULL). */
+int bm_galdef_encode(const Biomatch__V1__GalleryDefinition *def, uint8_t **out, size_t *len,
+                     char *err, size_t errlen);
+
+/* A deep copy of 'def' (owned by the caller, bm_galdef_free), or NULL
+ * with *rc (may be NULL) BM_ENOMEM, or the decoder's refusal of a
+ * definition that does not validate. */
+Biomatch__V1__GalleryDefinition *bm_galdef_dup(const Biomatch__V1__GalleryDefinition *def,
+                                               int *rc, char *err, size_t errlen);
+
 /* Free a definition returned by this module (bm_galdef_from_spec,
  * bm_galdef_get, bm_galdef_decode). Accepts NULL. */
 void bm_galdef_free(Biomatch__V1__GalleryDefinition *def);

@@ -95,20 +95,6 @@ static struct bm_keyring *ring(const char *cur_id, const uint8_t *cur, const cha
     return kr;
 }
 
-static struct bm_manifest *get_manifest(struct gt *g, uint32_t shard)
-{
-    char key[BM_KEY_MAX], err[256];
-    bm_key_manifest(key, sizeof key, g->gallery, shard);
-    void *val = NULL;
-    size_t len = 0;
-    if (bm_redis_get(g->redis, key, strlen(key), &val, &len) != BM_OK)
-        return NULL;
-    struct bm_manifest *m = NULL;
-    assert_int_equal(bm_manifest_decode(val, len, 0, &m, err, sizeof err), BM_OK);
-    free(val);
-    return m;
-}
-
 static int contains(const uint8_t *hay, size_t len, const void *needle, size_t n)
 {
     for (size_t i = 0; n <= len && i <= len - n; i++)
@@ -143,7 +129,7 @@ static int check_stored(struct gt *g, const struct bm_keyring *kr, int nsubj,
     *n_k1 = *n_k2 = 0;
     memset(seen, 0, (size_t)nsubj * sizeof *seen);
     for (uint32_t s = 0; s < SHARDS; s++) {
-        struct bm_manifest *m = get_manifest(g, s);
+        struct bm_manifest *m = gt_manifest_get(g, s);
         if (m == NULL)
             return -1;
         for (size_t i = 0; i < m->nsegments; i++) {
@@ -440,7 +426,7 @@ static void test_at_rest(void **state)
      * takes well under a second here); then with k1 back it rebuilds. */
     write_conf(&g, "k2", k2path, NULL);
     gt_start(&g);
-    struct bm_manifest *m0 = get_manifest(&g, 0);
+    struct bm_manifest *m0 = gt_manifest_get(&g, 0);
     assert_non_null(m0);
     assert_true(m0->nsegments > 0);
     uint64_t v0 = m0->version;
@@ -449,7 +435,7 @@ static void test_at_rest(void **state)
     bm_manifest_free(m0);
     assert_int_equal(bm_redis_del(g.redis, seg, strlen(seg)), BM_OK);
     gt_sleep_ms(8000);
-    m0 = get_manifest(&g, 0);
+    m0 = gt_manifest_get(&g, 0);
     assert_non_null(m0);
     assert_int_equal(m0->version, v0);
     bm_manifest_free(m0);
@@ -457,7 +443,7 @@ static void test_at_rest(void **state)
     write_conf(&g, "k2", k2path, prev);
     gt_start(&g);
     wait_stored(&g, rotated, N1 + N2, "k1 k2", 0, 1, GT_WAIT_MS * 2);
-    m0 = get_manifest(&g, 0);
+    m0 = gt_manifest_get(&g, 0);
     assert_true(m0->version > v0);
     bm_manifest_free(m0);
     assert_int_equal(load_all(&g, only2, N1 + N2, err, sizeof err), BM_OK);

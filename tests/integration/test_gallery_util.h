@@ -452,6 +452,21 @@ static __attribute__((unused)) const struct gt_row *gt_view_find(const struct gt
     return bsearch(&k, v->rows, v->n, sizeof *v->rows, gt_row_cmp_id);
 }
 
+/* The stored manifest of 'shard' (caller frees), or NULL when absent. */
+static __attribute__((unused)) struct bm_manifest *gt_manifest_get(struct gt *g, uint32_t shard)
+{
+    char key[BM_KEY_MAX], err[256];
+    bm_key_manifest(key, sizeof key, g->gallery, shard);
+    void *val = NULL;
+    size_t len = 0;
+    if (bm_redis_get(g->redis, key, strlen(key), &val, &len) != BM_OK)
+        return NULL;
+    struct bm_manifest *m = NULL;
+    assert_int_equal(bm_manifest_decode(val, len, 0, &m, err, sizeof err), BM_OK);
+    free(val);
+    return m;
+}
+
 /* Sum of the manifests' live subject counts (-1 when one is missing). */
 static __attribute__((unused)) long gt_total_subjects(struct gt *g)
 {

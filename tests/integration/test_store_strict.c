@@ -28,20 +28,6 @@ static const uint8_t K1[32] = {7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
                                16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
 static char keypath[300];
 
-static struct bm_manifest *get_manifest(struct gt *g)
-{
-    char err[256], key[BM_KEY_MAX];
-    bm_key_manifest(key, sizeof key, g->gallery, 0);
-    void *val = NULL;
-    size_t len = 0;
-    if (bm_redis_get(g->redis, key, strlen(key), &val, &len) != BM_OK)
-        return NULL;
-    struct bm_manifest *m = NULL;
-    assert_int_equal(bm_manifest_decode(val, len, 0, &m, err, sizeof err), BM_OK);
-    free(val);
-    return m;
-}
-
 static void put_manifest(struct gt *g, const struct bm_manifest *m)
 {
     char err[256], key[BM_KEY_MAX];
@@ -76,7 +62,7 @@ static struct bm_manifest *await_good(struct gt *g, const struct bm_keyring *kr,
     char err[256];
     int64_t end = bm_test_now_ms() + WAIT_MS;
     while (bm_test_now_ms() < end) {
-        struct bm_manifest *m = get_manifest(g);
+        struct bm_manifest *m = gt_manifest_get(g, 0);
         int ok = m != NULL && m->has_mac && bm_manifest_verify(m, kr, err, sizeof err) == BM_OK &&
                  m->subjects == subjects && m->ntombstones == 0 &&
                  (not_epoch == NULL || memcmp(m->epoch, not_epoch, sizeof m->epoch) != 0);
