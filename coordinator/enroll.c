@@ -58,6 +58,7 @@
 #include "store/subjects.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
+#include "wire/job.h"
 #include "wire/shard.h"
 #include "wire/template.h"
 
@@ -301,59 +302,6 @@ static void reject(struct enroll *e, const struct bm_bus_msg *m,
 
 /* ------------------------------------------------------------ checks */
 
-static int utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k;
-        unsigned min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            k = 1;
-            min = 0x80;
-            c &= 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            k = 2;
-            min = 0x800;
-            c &= 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            k = 3;
-            min = 0x10000;
-            c &= 0x07;
-        } else {
-            return 0;
-        }
-        if (i + k >= n)
-            return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80)
-                return 0;
-            c = (c << 6) | (s[i + j] & 0x3F);
-        }
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
-static int topic_name_ok(const char *t)
-{
-    size_t n = strlen(t);
-    if (n == 0 || n > 249)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = t[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
 int bm_gallery_stored_check(const struct bm_spec *spec, const Biomatch__V1__Template *t,
                             char *err, size_t errlen)
 {
@@ -492,7 +440,7 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
     }
     size_t sidlen = strlen(req->subject_id);
     struct galent *g = NULL;
-    if (req->reply_topic[0] != '\0' && !topic_name_ok(req->reply_topic)) {
+    if (req->reply_topic[0] != '\0' && !bm_wire_topic_valid(req->reply_topic)) {
         /* Not usable as a reply destination: answer through dlq instead. */
         req->reply_topic[0] = '\0';
         code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
@@ -510,7 +458,7 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_MISSING_FIELD;
         snprintf(why, sizeof why, "agency is required");
     } else if (sidlen < 1 || sidlen > BM_SUBJECT_ID_MAX ||
-               !utf8_valid((const unsigned char *)req->subject_id, sidlen)) {
+               !bm_wire_utf8_valid(req->subject_id, sidlen)) {
         code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
         snprintf(why, sizeof why, "subject_id must be 1..128 bytes of UTF-8");
     } else if (req->op != BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT &&

@@ -70,6 +70,9 @@ static void test_malformed_rejected(void **state)
     gt_enroll(&g, g.gallery, longid, upsert, 6, 0, g.t_reply);       /* INVALID_VALUE */
     gt_enroll(&g, g.gallery, "bad-op", 0, 7, 0, g.t_reply);          /* MISSING_FIELD */
     gt_enroll(&g, g.gallery, "good-3", upsert, 8, 0, g.t_reply);
+    /* ".." is made of topic characters but is no topic Kafka allows: the
+     * request is refused and answered through dlq. */
+    gt_enroll(&g, g.gallery, "bad-reply", upsert, 9, 0, "..");
     gt_flush(&g);
 
     gt_wait_total(&g, 3, GT_WAIT_MS);
@@ -104,11 +107,17 @@ static void test_malformed_rejected(void **state)
         if (!found)
             fail_msg("unexpected rejection code %d: %s", replies.codes[i], replies.errors[i]);
     }
-    read_topic(g.t_dlq, 1, &dlq, 1);
-    assert_int_equal(dlq.n, 1);
-    assert_non_null(strstr(dlq.errors[0], "ERROR_CODE_MALFORMED"));
+    read_topic(g.t_dlq, 2, &dlq, 1);
+    assert_int_equal(dlq.n, 2);
+    int malformed = 0, bad_reply = 0;
+    for (int i = 0; i < dlq.n; i++) {
+        malformed += strstr(dlq.errors[i], "ERROR_CODE_MALFORMED") != NULL;
+        bad_reply += strstr(dlq.errors[i], "reply_topic is not a valid topic name") != NULL;
+    }
+    assert_int_equal(malformed, 1);
+    assert_int_equal(bad_reply, 1);
 
-    /* 9 requests, 9 audit records. */
+    /* 10 requests, 10 audit records. */
     struct bm_bus_conf bc = gt_bus();
     char err[256];
     struct bm_consumer *c = bm_consumer_new(&bc, NULL, NULL, NULL, err, sizeof err);
@@ -118,7 +127,7 @@ static void test_malformed_rejected(void **state)
     int n = 0;
     uint64_t maxseq = 0;
     long long end = bm_test_now_ms() + GT_WAIT_MS;
-    while (n < 9 && bm_test_now_ms() < end) {
+    while (n < 10 && bm_test_now_ms() < end) {
         struct bm_bus_msg *m = NULL;
         if (bm_consumer_poll(c, 200, &m, err, sizeof err) != BM_OK)
             continue;
@@ -133,8 +142,8 @@ static void test_malformed_rejected(void **state)
         n++;
     }
     bm_consumer_free(c);
-    assert_int_equal(n, 9);
-    assert_int_equal(maxseq, 9);
+    assert_int_equal(n, 10);
+    assert_int_equal(maxseq, 10);
 
     assert_int_equal(gt_stop(&g, SIGTERM), 0);
     gt_teardown(&g);
