@@ -305,7 +305,10 @@ static int parse_shards(struct bm_cluster *cl, int asked, const struct bm_redis_
             const struct bm_redis_reply *role = map_get(n, "role");
             if (role == NULL || role->type != BM_REDIS_STRING || strcmp(role->str, "master") != 0)
                 continue;
-            const struct bm_redis_reply *port = map_get(n, tls ? "tls-port" : "port");
+            /* A TLS-only node may announce its one port as "port". */
+            const struct bm_redis_reply *port = tls ? map_get(n, "tls-port") : NULL;
+            if (port == NULL)
+                port = map_get(n, "port");
             const struct bm_redis_reply *host = map_get(n, "endpoint");
             if (host == NULL)
                 host = map_get(n, "ip");

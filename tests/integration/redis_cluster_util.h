@@ -26,6 +26,7 @@
 struct rc_node {
     char host[64];
     int port;
+    int tls_port;               /* 0: none */
 };
 
 static const struct bm_redis_reply *rc_map_get(const struct bm_redis_reply *m, const char *key)
@@ -41,8 +42,10 @@ static int rc_node_of(const struct bm_redis_reply *n, struct rc_node *out)
     const struct bm_redis_reply *ip = rc_map_get(n, "ip"), *port = rc_map_get(n, "port");
     if (ip == NULL || port == NULL || port->type != BM_REDIS_INTEGER)
         return -1;
+    const struct bm_redis_reply *tls = rc_map_get(n, "tls-port");
     snprintf(out->host, sizeof out->host, "%s", ip->str);
     out->port = (int)port->integer;
+    out->tls_port = tls != NULL && tls->type == BM_REDIS_INTEGER ? (int)tls->integer : 0;
     return 0;
 }
 
