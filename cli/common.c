@@ -110,6 +110,7 @@ int cli_bus_conf(const struct cli_common *c, struct bm_bus_conf *bc, struct bm_b
     bc->client_id = "biomatch-cli";
     bc->topic_replication = c->conf->topics.replication_factor;
     bc->topic_min_insync = c->conf->topics.min_insync_replicas;
+    bc->max_record_bytes = c->conf->topics.max_record_bytes;
     for (size_t i = 0; i < c->conf->kafka_n; i++) {
         props[i].key = c->conf->kafka[i].key;
         props[i].value = c->conf->kafka[i].value;

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "audit.h"
+#include "bus/dlq.h"
 #include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/topics.h"
@@ -179,16 +180,12 @@ static int send_msg(struct bm_agg *ag, const char *topic, const char *key,
 static int to_dlq(struct bm_agg *ag, const struct bm_bus_msg *m, Biomatch__V1__ErrorCode code,
                   const char *why)
 {
-    char ev[512];
-    bm_wire_dlq_error(code, why, ev, sizeof ev);
-    struct bm_bus_headers h;
-    bm_bus_headers_init(&h);
-    for (size_t i = 0; i < m->nheaders && h.n + 1 < BM_BUS_MAX_HEADERS; i++)
-        if (strcmp(m->headers[i].name, BM_HDR_ERROR) != 0)
-            bm_bus_headers_add(&h, m->headers[i].name, m->headers[i].value, m->headers[i].len);
-    bm_bus_headers_add_str(&h, BM_HDR_ERROR, ev);
-    BM_LOGF(BM_LOG_WARN, "partial sent to dlq", BM_LF_STR("error", ev));
-    return send_rec(ag, ag->dlq, m->key, m->keylen, m->value, m->valuelen, NULL, NULL, NULL, &h);
+    struct bm_dlq_rec r;
+    bm_dlq_build(&r, m, code, why, (size_t)ag->conf->topics.max_record_bytes,
+                 ag->conf->topics.dlq_stubs_only);
+    BM_LOGF(BM_LOG_WARN, "partial sent to dlq", BM_LF_STR("error", r.error),
+            BM_LF_INT("stub", r.stub));
+    return send_rec(ag, ag->dlq, r.key, r.keylen, r.value, r.valuelen, NULL, NULL, NULL, &r.h);
 }
 
 /* ----------------------------------------------------------------- emit */
@@ -207,7 +204,7 @@ static int fallback(struct bm_agg *ag, struct bm_job *j, Biomatch__V1__MatchResu
     if (j->refused == BM_ERANGE) {
         r->n_candidates = 0;
         r->candidates = NULL;
-        r->candidates_left_out = (uint32_t)kept;
+        r->candidates_left_out += (uint32_t)kept;
         r->error_code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_RESULT_TRUNCATED;
         snprintf(why, whylen, "result over the record size limit: %zu candidate(s) left out",
                  kept);
@@ -367,6 +364,21 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     r.attributes = (Biomatch__V1__MatchResult__AttributesEntry **)o->attributes;
     const char *topic = o->reply_topic && o->reply_topic[0] ? o->reply_topic : ag->results;
     char why[BM_TOPIC_MAX + 160];
+    uint32_t left_out = 0;
+    for (uint32_t s = 0; s < j->shard_count; s++)
+        if (j->shards[s] != NULL)
+            left_out += j->shards[s]->candidates_left_out;
+    if (left_out > 0 && r.error_code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
+        /* A shard truncated its partial: say so, with its count. */
+        r.error_code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_RESULT_TRUNCATED;
+        r.candidates_left_out = left_out;
+        r.error = (char *)"a shard's partial was over the record size limit";
+    }
+    /* Too large to send: go straight to the fallback instead of waiting
+     * for Kafka's refusal (headroom for headers and framing). */
+    size_t limit = (size_t)ag->conf->topics.max_record_bytes;
+    if (j->refused == 0 && protobuf_c_message_get_packed_size(&r.base) + 4096 > limit)
+        j->refused = BM_ERANGE;
     if (j->refused != 0 && !fallback(ag, j, &r, &topic, kept, why, sizeof why)) {
         free(mc);
         free(cv);

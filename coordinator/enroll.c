@@ -40,6 +40,7 @@
 
 #include "audit.h"
 #include "authn.h"
+#include "bus/dlq.h"
 #include "bus/bus.h"
 #include "common/clock.h"
 #include "conf/conf.h"
@@ -290,12 +291,10 @@ static void reject(struct enroll *e, const struct bm_bus_msg *m,
             free(buf);
         }
     } else {
-        char hv[512];
-        bm_wire_dlq_error(code, why, hv, sizeof hv);
-        struct bm_bus_headers h;
-        bm_bus_headers_init(&h);
-        bm_bus_headers_add_str(&h, BM_HDR_ERROR, hv);
-        send(e, e->t_dlq, BM_PARTITION_ANY, m->key, m->keylen, m->value, m->valuelen, &h, 1);
+        struct bm_dlq_rec r;
+        bm_dlq_build(&r, m, code, why, (size_t)e->ctx->conf->topics.max_record_bytes,
+                     e->ctx->conf->topics.dlq_stubs_only);
+        send(e, e->t_dlq, BM_PARTITION_ANY, r.key, r.keylen, r.value, r.valuelen, &r.h, 1);
     }
     audit(e, m, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED, code);
 }
@@ -445,7 +444,7 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         req->reply_topic[0] = '\0';
         code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
         snprintf(why, sizeof why, "reply_topic is not a valid topic name");
-    } else if (bm_topic_is_internal(e->ctx->conf->topic_prefix, req->reply_topic)) {
+    } else if (!bm_topic_reply_allowed(e->ctx->conf->topic_prefix, req->reply_topic)) {
         /* Never write an answer into one of our own topics (the gallery
          * log, audit, jobs): answer through dlq instead. */
         req->reply_topic[0] = '\0';

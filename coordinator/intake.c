@@ -25,12 +25,14 @@
 
 #include "audit.h"
 #include "authn.h"
+#include "bus/dlq.h"
 #include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/policy.h"
 #include "conf/topics.h"
 #include "galcache.h"
 #include "galreg.h"
+#include "merge.h"
 #include "obs/log.h"
 #include "obs/skew.h"
 #include "obs/metrics.h"
@@ -188,20 +190,14 @@ static int audit_job(struct bm_intake *in, const struct bm_bus_msg *m, const cha
 static int to_dlq(struct bm_intake *in, const struct bm_bus_msg *m,
                   Biomatch__V1__ErrorCode code, const char *why)
 {
-    char ev[512];
-    bm_wire_dlq_error(code, why, ev, sizeof ev);
-    struct bm_bus_headers h;
-    bm_bus_headers_init(&h);
-    for (size_t i = 0; i < m->nheaders && h.n + 1 < BM_BUS_MAX_HEADERS; i++)
-        if (strcmp(m->headers[i].name, BM_HDR_ERROR) != 0)
-            bm_bus_headers_add(&h, m->headers[i].name, m->headers[i].value,
-                               m->headers[i].len);
-    bm_bus_headers_add_str(&h, BM_HDR_ERROR, ev);
-    int rc = send_rec(in, in->dlq, BM_PARTITION_ANY, m->key, m->keylen, m->value,
-                      m->valuelen, &h);
+    struct bm_dlq_rec r;
+    bm_dlq_build(&r, m, code, why, (size_t)in->conf->topics.max_record_bytes,
+                 in->conf->topics.dlq_stubs_only);
+    int rc = send_rec(in, in->dlq, BM_PARTITION_ANY, r.key, r.keylen, r.value, r.valuelen, &r.h);
     count_job(in, "biomatch_jobs_total", "Jobs by outcome (intake rejections, aggregator results)",
               "_unknown", "dlq");
-    BM_LOGF(BM_LOG_WARN, "job record sent to dlq", BM_LF_STR("error", ev));
+    BM_LOGF(BM_LOG_WARN, "job record sent to dlq", BM_LF_STR("error", r.error),
+            BM_LF_INT("stub", r.stub));
     if (rc != BM_OK)
         return rc;
     return audit_job(in, m, "", "", "", BIOMATCH__V1__MATCH_MODE__MATCH_MODE_UNSPECIFIED, "", "",
@@ -361,6 +357,34 @@ static int authorise(const struct bm_intake *in, const Biomatch__V1__MatchJob *j
     return BM_EINVAL;
 }
 
+/* ---------------------------------------------------------------- size */
+
+/* Refuse (TOO_LARGE) an identify job whose result could exceed the record
+ * size limit before anything is fanned out, so no result or partial of an
+ * accepted job has to be truncated unless the bound was wrong. The error
+ * says the largest top_k that fits for this many probes. */
+static int result_fits(const struct bm_intake *in, const Biomatch__V1__MatchJob *job,
+                       Biomatch__V1__ErrorCode *code, char *err, size_t errlen)
+{
+    if (job->mode != BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY)
+        return BM_OK; /* VERIFY: one candidate per probe at most */
+    size_t attrs = 0;
+    for (size_t i = 0; i < job->n_attributes; i++)
+        attrs += protobuf_c_message_get_packed_size(&job->attributes[i]->base) + 4;
+    size_t limit = (size_t)in->conf->topics.max_record_bytes;
+    size_t need = bm_merge_result_bound(job->n_probes, job->top_k, attrs);
+    if (need <= limit)
+        return BM_OK;
+    size_t room = limit > BM_MERGE_FIXED_MAX_BYTES + attrs
+                      ? limit - BM_MERGE_FIXED_MAX_BYTES - attrs : 0;
+    size_t max_k = job->n_probes ? room / job->n_probes / BM_MERGE_CAND_MAX_BYTES : 0;
+    *code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE;
+    return bm_seterr(err, errlen, BM_EINVAL,
+                     "a result of %zu probe(s) x top_k %u could reach %zu bytes, over the "
+                     "record size limit of %zu; top_k at most %zu for %zu probe(s)",
+                     job->n_probes, job->top_k, need, limit, max_k, job->n_probes);
+}
+
 /* ---------------------------------------------------------------- one job */
 
 static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
@@ -422,6 +446,8 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
     }
     rc = bm_wire_validate_job(job, def, now, &in->limits, &code, err, sizeof err);
     if (rc == BM_OK)
+        rc = result_fits(in, job, &code, err, sizeof err);
+    if (rc == BM_OK)
         rc = authorise(in, job, &code, err, sizeof err);
     /* The reply topic is checked whatever the verdict, because rejections
      * go there too: a missing topic would fail the delivery and, replayed,
@@ -429,7 +455,7 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
      * must never receive a result. Either way the answer goes to results. */
     int reply_ok = job->reply_topic && job->reply_topic[0] &&
                    bm_wire_topic_valid(job->reply_topic);
-    if (reply_ok && bm_topic_is_internal(in->conf->topic_prefix, job->reply_topic)) {
+    if (reply_ok && !bm_topic_reply_allowed(in->conf->topic_prefix, job->reply_topic)) {
         reply_ok = 0;
         if (rc == BM_OK) {
             code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;

@@ -119,3 +119,16 @@ int64_t bm_merge_watermark(const int64_t *pending, size_t n, int64_t next)
             w = pending[i];
     return w;
 }
+
+size_t bm_merge_result_bound(size_t probes, size_t top_k, size_t attributes_bytes)
+{
+    /* Candidate: outer tag + length (3), id tag + length (3) + id, score
+     * (5), rank, probe_index and shard (6 each at most). Fixed: ids,
+     * agency, gallery, error text, timings and counters, generously. */
+    size_t per = BM_MERGE_CAND_MAX_BYTES;
+    if (probes != 0 && top_k > SIZE_MAX / probes / per)
+        return SIZE_MAX;
+    size_t n = probes * top_k * per;
+    size_t fixed = BM_MERGE_FIXED_MAX_BYTES + attributes_bytes;
+    return n > SIZE_MAX - fixed ? SIZE_MAX : n + fixed;
+}

@@ -93,4 +93,16 @@ int bm_merge_verified(const struct bm_merge_cand *c, size_t n, int has_threshold
  * nothing was consumed yet (next < 0) and nothing is pending. */
 int64_t bm_merge_watermark(const int64_t *pending, size_t n, int64_t next);
 
+/* The largest encoded MatchResult (and, per shard, PartialResult) a job of
+ * 'probes' probes asking 'top_k' candidates per probe can produce, with
+ * 'attributes_bytes' of encoded attributes: every candidate at its largest
+ * (a subject id of BM_MERGE_MAX_ID_BYTES, the longest a gallery may hold,
+ * and every varint at full width) plus the fixed fields at their largest.
+ * Intake refuses a job whose bound is over the record size limit
+ * (docs/wire.md "Size limits"). Saturates instead of overflowing. */
+#define BM_MERGE_MAX_ID_BYTES 128
+#define BM_MERGE_CAND_MAX_BYTES (3 + 3 + BM_MERGE_MAX_ID_BYTES + 5 + 6 + 6 + 6)
+#define BM_MERGE_FIXED_MAX_BYTES 4096
+size_t bm_merge_result_bound(size_t probes, size_t top_k, size_t attributes_bytes);
+
 #endif /* BM_MERGE_H */

@@ -35,6 +35,7 @@ int bm_coord_bus_conf(const struct bm_coord_ctx *ctx, const struct bm_bus_prop *
     out->client_id = c->node_id;
     out->topic_replication = c->topics.replication_factor;
     out->topic_min_insync = c->topics.min_insync_replicas;
+    out->max_record_bytes = c->topics.max_record_bytes;
     out->props = p;
     out->nprops = n;
     out->on_wait = bm_outage_report;

@@ -140,6 +140,7 @@ static int setup(struct wk *w, char *err, size_t errlen)
     w->busconf.props = w->props;
     w->busconf.nprops = c->kafka_n;
     w->busconf.log = bm_log_kafka;
+    w->busconf.max_record_bytes = c->topics.max_record_bytes;
     if (bm_topic_name(w->partials, sizeof w->partials, c->topic_prefix, BM_TOPIC_PARTIALS) != 0 ||
         bm_topic_name(w->dlq, sizeof w->dlq, c->topic_prefix, BM_TOPIC_DLQ) != 0)
         return bm_seterr(err, errlen, BM_ERANGE, "topic prefix too long");

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus/dlq.h"
 #include "common/assert.h"
 #include "common/clock.h"
 #include "common/err.h"
@@ -46,39 +47,39 @@ void wk_entry_free(struct wk_entry *e)
         return;
     free(e->value);
     free(e->key);
-    free(e->orig_hdrs);
+    free(e->dlq_hdrs);
     free(e);
 }
 
-/* Copy a record's headers into one block: the array, then each name and
- * value. Returns 0, or -1 on ENOMEM (nothing kept). */
-static int copy_headers(struct wk_entry *e, const struct bm_bus_msg *m)
+/* Copy the dlq record's headers into one block: the array, then each name
+ * and value. Returns 0, or -1 on ENOMEM (nothing kept). */
+static int copy_headers(struct wk_entry *e, const struct bm_bus_headers *src)
 {
-    size_t n = m->nheaders < BM_BUS_MAX_HEADERS ? m->nheaders : BM_BUS_MAX_HEADERS;
+    size_t n = src->n;
     if (n == 0)
         return 0;
     size_t bytes = n * sizeof(struct bm_bus_header);
     for (size_t i = 0; i < n; i++)
-        bytes += strlen(m->headers[i].name) + 1 + m->headers[i].len;
+        bytes += strlen(src->v[i].name) + 1 + src->v[i].len;
     struct bm_bus_header *h = malloc(bytes);
     if (h == NULL)
         return -1;
     char *p = (char *)(h + n);
     for (size_t i = 0; i < n; i++) {
-        size_t nl = strlen(m->headers[i].name) + 1;
-        memcpy(p, m->headers[i].name, nl);
+        size_t nl = strlen(src->v[i].name) + 1;
+        memcpy(p, src->v[i].name, nl);
         h[i].name = p;
         p += nl;
-        h[i].len = m->headers[i].len;
+        h[i].len = src->v[i].len;
         h[i].value = NULL;
-        if (m->headers[i].value != NULL) {
-            memcpy(p, m->headers[i].value, h[i].len);
+        if (src->v[i].value != NULL) {
+            memcpy(p, src->v[i].value, h[i].len);
             h[i].value = p;
             p += h[i].len;
         }
     }
-    e->orig_hdrs = h;
-    e->norig_hdrs = n;
+    e->dlq_hdrs = h;
+    e->ndlq_hdrs = n;
     return 0;
 }
 
@@ -92,12 +93,8 @@ static int send_entry(struct wk *w, struct wk_entry *e)
     struct bm_bus_headers h;
     bm_bus_headers_init(&h);
     if (e->dest == w->dlq) {
-        /* Keep the record's own headers (room is left for 'error'). */
-        for (size_t i = 0; i < e->norig_hdrs && h.n + 1 < BM_BUS_MAX_HEADERS; i++)
-            if (strcmp(e->orig_hdrs[i].name, BM_HDR_ERROR) != 0)
-                bm_bus_headers_add(&h, e->orig_hdrs[i].name, e->orig_hdrs[i].value,
-                                   e->orig_hdrs[i].len);
-        bm_bus_headers_add_str(&h, BM_HDR_ERROR, e->error_hdr);
+        for (size_t i = 0; i < e->ndlq_hdrs; i++)
+            bm_bus_headers_add(&h, e->dlq_hdrs[i].name, e->dlq_hdrs[i].value, e->dlq_hdrs[i].len);
     } else {
         bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, w->content_type);
         if (e->traceparent[0] != '\0')
@@ -200,13 +197,49 @@ static void take_key(struct wk_entry *e, const char *job_id)
     }
 }
 
+/* Encode 'pr' within 'limit' bytes. Intake refuses jobs whose answers
+ * could exceed the record size limit, so this only matters when that
+ * bound was wrong: the lowest-ranked candidates of every probe go first
+ * (keeping ranks below a shrinking cut), and the partial says how many
+ * were left out (RESULT_TRUNCATED, docs/wire.md). Returns the malloc'd
+ * bytes or NULL on ENOMEM. */
+static uint8_t *encode_bounded(const Biomatch__V1__PartialResult *pr, size_t limit, size_t *len)
+{
+    if (protobuf_c_message_get_packed_size(&pr->base) <= limit)
+        return bm_wire_encode(&pr->base, len);
+    Biomatch__V1__PartialResult t = *pr;
+    Biomatch__V1__Candidate **kept = malloc((pr->n_candidates + 1) * sizeof *kept);
+    if (kept == NULL)
+        return NULL;
+    uint32_t cut = 0;
+    for (size_t i = 0; i < pr->n_candidates; i++)
+        if (pr->candidates[i]->rank > cut)
+            cut = pr->candidates[i]->rank;
+    do {
+        cut = cut * 3 / 4;
+        t.n_candidates = 0;
+        for (size_t i = 0; i < pr->n_candidates; i++)
+            if (pr->candidates[i]->rank <= cut)
+                kept[t.n_candidates++] = pr->candidates[i];
+        t.candidates = kept;
+    } while (cut > 0 && protobuf_c_message_get_packed_size(&t.base) > limit);
+    t.candidates_left_out = (uint32_t)(pr->n_candidates - t.n_candidates);
+    t.error_code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_RESULT_TRUNCATED;
+    t.error = (char *)"partial over the record size limit: lowest-ranked candidates left out";
+    uint8_t *out = bm_wire_encode(&t.base, len);
+    free(kept);
+    return out;
+}
+
 void wk_publish_partial(struct wk *w, struct wk_gallery *g, struct wk_entry *e,
                         const Biomatch__V1__PartialResult *pr, enum wk_status status)
 {
     bm_counter_inc(g->tasks[status]);
     e->dest = w->partials;
     take_key(e, pr->job_id);
-    e->value = bm_wire_encode(&pr->base, &e->valuelen);
+    /* Headroom for headers and Kafka's record framing. */
+    size_t limit = (size_t)w->conf->topics.max_record_bytes;
+    e->value = encode_bounded(pr, limit > 8192 ? limit - 4096 : limit / 2, &e->valuelen);
     if (e->value == NULL || e->key == NULL) {
         BM_LOGF(BM_LOG_ERROR, "out of memory encoding a partial", BM_LF_STR("gallery", g->name));
         return; /* undone: redelivered after a restart */
@@ -241,22 +274,25 @@ void wk_publish_dlq(struct wk *w, struct wk_gallery *g, struct wk_entry *e,
             BM_LF_INT("partition", m->partition), BM_LF_INT("offset", m->offset),
             BM_LF_STR("code", bm_wire_error_code_name(code)), BM_LF_STR("error", why));
     e->dest = w->dlq;
-    bm_wire_dlq_error(code, why, e->error_hdr, sizeof e->error_hdr);
-    if (copy_headers(e, m) != 0)
+    /* The entry keeps its own copy: 'm' is gone before a re-send. */
+    struct bm_dlq_rec r;
+    bm_dlq_build(&r, m, code, why, (size_t)w->conf->topics.max_record_bytes,
+                 w->conf->topics.dlq_stubs_only);
+    if (copy_headers(e, &r.h) != 0)
         BM_LOGF(BM_LOG_WARN, "out of memory copying headers; dlq record goes without them",
                 BM_LF_STR("gallery", g->name));
-    if (m->keylen > 0) {
-        e->key = malloc(m->keylen);
+    if (r.keylen > 0) {
+        e->key = malloc(r.keylen);
         if (e->key != NULL) {
-            memcpy(e->key, m->key, m->keylen);
-            e->keylen = m->keylen;
+            memcpy(e->key, r.key, r.keylen);
+            e->keylen = r.keylen;
         }
     }
-    e->value = malloc(m->valuelen > 0 ? m->valuelen : 1);
-    if (e->value == NULL || (m->keylen > 0 && e->key == NULL))
+    e->value = malloc(r.valuelen > 0 ? r.valuelen : 1);
+    if (e->value == NULL || (r.keylen > 0 && e->key == NULL))
         return;
-    if (m->valuelen > 0)
-        memcpy(e->value, m->value, m->valuelen);
-    e->valuelen = m->valuelen;
+    if (r.valuelen > 0)
+        memcpy(e->value, r.value, r.valuelen);
+    e->valuelen = r.valuelen;
     send_entry(w, e);
 }

@@ -113,9 +113,8 @@ struct wk_entry {
     char *key;
     size_t keylen;
     char traceparent[128];         /* "" = none */
-    char error_hdr[512];           /* dlq only */
-    struct bm_bus_header *orig_hdrs; /* dlq only: the record's own headers */
-    size_t norig_hdrs;             /* (names and values in the same block) */
+    struct bm_bus_header *dlq_hdrs; /* dlq only: the dlq record's headers */
+    size_t ndlq_hdrs;              /* (names and values in the same block) */
     int64_t submitted_unix_ms;     /* for the end-to-end histogram; 0 = unknown */
     struct wk_entry *next;
 };

@@ -20,6 +20,7 @@ struct bm_admin {
     rd_kafka_conf_t *probe_conf; /* a copy for bm_admin_cluster_info's probe */
     int replication;             /* for specs that leave it to us; 0 = the broker's */
     char min_insync[12];         /* min.insync.replicas to set; "" = the broker's */
+    char max_message[24];        /* max.message.bytes to set; "" = the broker's */
 };
 
 struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
@@ -39,6 +40,9 @@ struct bm_admin *bm_admin_new(const struct bm_bus_conf *conf, char *err,
     a->replication = conf->topic_replication > 0 ? conf->topic_replication : 0;
     if (conf->topic_min_insync > 0)
         snprintf(a->min_insync, sizeof a->min_insync, "%d", conf->topic_min_insync);
+    if (conf->max_record_bytes > 0)
+        snprintf(a->max_message, sizeof a->max_message, "%lld",
+                 (long long)conf->max_record_bytes);
     a->probe_conf = rd_kafka_conf_dup(rc);
     a->rk = rd_kafka_new(RD_KAFKA_PRODUCER, rc, msg, sizeof msg);
     if (a->rk == NULL || a->probe_conf == NULL) {
@@ -163,11 +167,21 @@ int bm_admin_create_topics(struct bm_admin *a,
             rc = bm_seterr(err, errlen, BM_EINVAL, "topic %s: %s", s->name, msg);
             goto out;
         }
-        int insync_given = 0;
-        for (size_t k = 0; k < s->nconfigs; k++)
+        int insync_given = 0, max_given = 0;
+        for (size_t k = 0; k < s->nconfigs; k++) {
             if (s->configs[k].key != NULL &&
                 strcmp(s->configs[k].key, "min.insync.replicas") == 0)
                 insync_given = 1;
+            if (s->configs[k].key != NULL &&
+                strcmp(s->configs[k].key, "max.message.bytes") == 0)
+                max_given = 1;
+        }
+        if (a->max_message[0] != '\0' && !max_given &&
+            rd_kafka_NewTopic_set_config(nt[i], "max.message.bytes", a->max_message) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rc = bm_seterr(err, errlen, BM_EINVAL, "topic %s: bad max.message.bytes", s->name);
+            goto out;
+        }
         if (a->min_insync[0] != '\0' && !insync_given &&
             rd_kafka_NewTopic_set_config(nt[i], "min.insync.replicas", a->min_insync) !=
                 RD_KAFKA_RESP_ERR_NO_ERROR) {

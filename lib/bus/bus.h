@@ -80,6 +80,10 @@ struct bm_bus_conf {
      * spec leaves it to the cluster (topics.* in the configuration). */
     int topic_replication;           /* 0 = the broker's default.replication.factor */
     int topic_min_insync;            /* 0 = the broker's min.insync.replicas */
+    /* The record size limit (conf topics.max_record_bytes): every handle's
+     * message.max.bytes, and max.message.bytes of topics an admin handle
+     * creates. 0 = librdkafka's and the broker's defaults. */
+    int64_t max_record_bytes;
     bm_bus_wait_fn on_wait;          /* producers: NULL = nobody is told */
     void *wait_opaque;
     const atomic_int *stop;          /* producers: bm_producer_send_wait gives

@@ -142,6 +142,15 @@ rd_kafka_conf_t *bm_bus_conf_build(const struct bm_bus_conf *conf,
         if (bm_bus_conf_set(rc, defaults[i].key, defaults[i].value, err,
                             errlen) != BM_OK)
             goto fail;
+    if (conf->max_record_bytes > 0) {
+        /* One limit for what we produce and what the topics accept; a
+         * fetch always returns at least one whole record, so consumers
+         * need no matching setting below librdkafka's 50 MiB fetch.max.bytes. */
+        char v[24];
+        snprintf(v, sizeof v, "%lld", (long long)conf->max_record_bytes);
+        if (bm_bus_conf_set(rc, "message.max.bytes", v, err, errlen) != BM_OK)
+            goto fail;
+    }
     for (size_t i = 0; i < conf->nprops; i++)
         if ((conf->props[i].key == NULL ||
              bm_bus_prop_applies(conf->props[i].key, kind)) &&

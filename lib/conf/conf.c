@@ -53,6 +53,10 @@ static const struct key KEYS[] = {
      F(topics.replication_factor), 0, 0, 32, NULL},
     {"topics.min_insync_replicas", "BIOMATCH_TOPICS_MIN_INSYNC_REPLICAS", K_INT,
      F(topics.min_insync_replicas), 0, 0, 32, NULL},
+    {"topics.max_record_bytes", "BIOMATCH_TOPICS_MAX_RECORD_BYTES", K_I64,
+     F(topics.max_record_bytes), 0, 65536, 64LL * MIB, NULL},
+    {"topics.dlq_stubs_only", "BIOMATCH_TOPICS_DLQ_STUBS_ONLY", K_BOOL, F(topics.dlq_stubs_only),
+     0, 0, 0, NULL},
     {"redis.url", "BIOMATCH_REDIS_URL", K_STR, F(redis.url), 0, 0, 0, NULL},
     {"redis.cluster", "BIOMATCH_REDIS_CLUSTER", K_LIST, F(redis.cluster), F(redis.cluster_n),
      0, 0, NULL},
@@ -665,6 +669,7 @@ static int set_defaults(struct bm_conf *c)
     c->max_clock_skew_ms = 2000;
     c->coordinator.default_deadline_ms = 5000;
     c->coordinator.max_job_bytes = MIB;
+    c->topics.max_record_bytes = MIB + 64 * 1024; /* a largest job plus headers */
     c->coordinator.max_top_k = 1000;
     c->coordinator.segment_max_bytes = 16LL * MIB;
     c->coordinator.segment_max_age_ms = 1000;

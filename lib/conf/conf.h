@@ -40,6 +40,9 @@ struct bm_conf {
     struct {
         int replication_factor;    /* of every topic biomatch creates; 0 = the broker's default */
         int min_insync_replicas;   /* set on every topic biomatch creates; 0 = the broker's default */
+        int64_t max_record_bytes;  /* the one record size limit: producers' message.max.bytes,
+                                    * topics' max.message.bytes, results and dlq bounds */
+        bool dlq_stubs_only;       /* dead letters never copy the original (docs/wire.md) */
     } topics;
     struct {
         char *url;                 /* redis://[user:password@]host:port, or

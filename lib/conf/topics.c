@@ -46,18 +46,17 @@ int bm_topic_tasks(char *buf, size_t len, const char *prefix, const char *galler
     return fits(snprintf(buf, len, "%stasks.%s", prefix, gallery), len);
 }
 
-bool bm_topic_is_internal(const char *prefix, const char *topic)
+bool bm_topic_reply_allowed(const char *prefix, const char *topic)
 {
+    if (topic[0] == '_')
+        return false;
     size_t n = strlen(prefix);
     if (strncmp(topic, prefix, n) != 0)
-        return false;
+        return true;
     const char *rest = topic + n;
-    static const char *const exact[] = { "enroll", "jobs", "partials", "audit", "dlq",
-                                                   "galleries" };
-    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
-        if (strcmp(rest, exact[i]) == 0)
-            return true;
-    return strncmp(rest, "gallery.", 8) == 0 || strncmp(rest, "tasks.", 6) == 0;
+    return strcmp(rest, "results") == 0 ||
+           (strncmp(rest, "results.", 8) == 0 && rest[8] != '\0') ||
+           (strncmp(rest, "replies.", 8) == 0 && rest[8] != '\0');
 }
 
 bool bm_topic_gallery_name_valid(const char *name)

@@ -32,10 +32,13 @@ int bm_topic_gallery(char *buf, size_t len, const char *prefix, const char *gall
 /* "<prefix>tasks.<gallery>": per-shard match tasks, S x R partitions. */
 int bm_topic_tasks(char *buf, size_t len, const char *prefix, const char *gallery);
 
-/* True when 'topic' is one of the topics biomatch itself reads or keeps
- * (enroll, jobs, partials, audit, dlq, galleries, gallery.*, tasks.*) under 'prefix':
- * no client-chosen reply may be written there. results is not internal. */
-bool bm_topic_is_internal(const char *prefix, const char *topic);
+/* True when a client may name 'topic' as its reply topic. An allow-list,
+ * so a topic biomatch adds later is refused until listed here: under
+ * 'prefix' only `results`, `results.<x>` and `replies.<x>`; never a topic
+ * starting with '_' (Kafka's and Confluent's own: __consumer_offsets,
+ * _schemas); anything else (an agency's own topic) is allowed. With an
+ * empty prefix every topic is "under" it. Thread: any. */
+bool bm_topic_reply_allowed(const char *prefix, const char *topic);
 
 /* True when 'name' is a usable gallery name: 1..64 of [A-Za-z0-9_-]. */
 bool bm_topic_gallery_name_valid(const char *name);

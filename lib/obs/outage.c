@@ -38,11 +38,11 @@ void bm_outage_report(void *opaque, int waiting, int err, const char *why)
         bm_http_waiting(o->http, 1, reason);
         bm_gauge_add(o->waiting, 1);
         bm_counter_inc(o->waits);
-        BM_LOGF(BM_LOG_WARN, "waiting out an outage", BM_LF_STR("component", o->component),
+        BM_LOGF(BM_LOG_WARN, "waiting out an outage", BM_LF_STR("who", o->component),
                 BM_LF_STR("error", bm_strerror(err)), BM_LF_STR("reason", why ? why : ""));
     } else {
         bm_http_waiting(o->http, -1, NULL);
         bm_gauge_add(o->waiting, -1);
-        BM_LOGF(BM_LOG_INFO, "outage over", BM_LF_STR("component", o->component));
+        BM_LOGF(BM_LOG_INFO, "outage over", BM_LF_STR("who", o->component));
     }
 }

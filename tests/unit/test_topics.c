@@ -22,14 +22,21 @@ static void test_names(void **state)
 static void test_internal_topics(void **state)
 {
     (void)state;
-    assert_true(bm_topic_is_internal("biomatch.", "biomatch.jobs"));
-    assert_true(bm_topic_is_internal("biomatch.", "biomatch.gallery.faces"));
-    assert_true(bm_topic_is_internal("biomatch.", "biomatch.tasks.faces"));
-    assert_true(bm_topic_is_internal("biomatch.", "biomatch.audit"));
-    assert_false(bm_topic_is_internal("biomatch.", "biomatch.results"));
-    assert_false(bm_topic_is_internal("biomatch.", "biomatch.replies.agency-a"));
-    assert_false(bm_topic_is_internal("biomatch.", "agency-a.results"));
-    assert_false(bm_topic_is_internal("biomatch.", "biomatch.jobsx"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.jobs"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.gallery.faces"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.tasks.faces"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.audit"));
+    /* An allow-list: names nobody listed are refused too. */
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.jobsx"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.galleries"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "biomatch.results."));
+    assert_false(bm_topic_reply_allowed("biomatch.", "__consumer_offsets"));
+    assert_false(bm_topic_reply_allowed("biomatch.", "_schemas"));
+    assert_false(bm_topic_reply_allowed("", "jobs"));
+    assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.results"));
+    assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.results.agency-a"));
+    assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.replies.agency-a"));
+    assert_true(bm_topic_reply_allowed("biomatch.", "agency-a.results"));
 }
 
 static void test_truncation_is_an_error(void **state)
