@@ -7,9 +7,9 @@
  * rejection result, dlq record) has a successful delivery report, so a
  * crash replays the job rather than losing it. Audit records go through the
  * role's audit writer (audit.h), whose deliveries the offset does not wait
- * for. A delivery that
- * fails for good (librdkafka already retried until message.timeout.ms)
- * makes the role return BM_EKAFKA: the process restarts and replays.
+ * for. Transient failures are waited out (lib/bus re-sends; a failed Redis
+ * lookup is retried); a permanent refusal is that record's outcome and the
+ * offset moves on. Only a fatal producer error ends the role.
  * Thread: runs on its own thread; shares only ctx. */
 #ifndef BM_COORD_INTAKE_H
 #define BM_COORD_INTAKE_H

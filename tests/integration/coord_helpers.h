@@ -19,6 +19,10 @@
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "obs/metrics.h"
+#include "role.h"
+#include "store/galdef.h"
+#include "store/redis.h"
+#include "wire/decode.h"
 
 #define TH_WAIT_MS 30000
 #define TH_MAX_RECS 512
@@ -131,6 +135,44 @@ static inline void th_send(struct bm_producer *p, const char *topic, int32_t par
     int rc = bm_producer_send(p, topic, part, key, key ? strlen(key) : 0, val, len,
                               h ? h->v : NULL, h ? h->n : 0, NULL, NULL);
     assert_int_equal(rc, BM_OK);
+}
+
+/* Encode 'm' and send it keyed by its job id. */
+static inline void th_send_partial(struct bm_producer *p, const char *topic,
+                                   const Biomatch__V1__PartialResult *m)
+{
+    size_t len;
+    uint8_t *b = bm_wire_encode(&m->base, &len);
+    assert_non_null(b);
+    th_send(p, topic, BM_PARTITION_ANY, m->job_id, b, len, NULL);
+    free(b);
+}
+
+/* Store the definition of a dense f32 face gallery of 'dim' with 'shards'
+ * x 'replicas' in the test's Redis under a fresh name made from 'tag'
+ * (gallery names are [A-Za-z0-9_-] only), written to 'name'. */
+static inline void th_put_gallery(struct th_env *e, const char *tag, char *name, size_t namelen,
+                                  uint32_t dim, uint32_t shards, uint32_t replicas)
+{
+    char err[512];
+    struct bm_redis *r = bm_coord_redis(&e->ctx, err, sizeof err);
+    assert_non_null(r);
+    char u[64];
+    bm_test_unique(u, sizeof u, tag);
+    size_t k = 0;
+    for (size_t i = 0; u[i] && k + 1 < namelen; i++)
+        name[k++] = u[i] == '.' ? '-' : u[i];
+    name[k] = '\0';
+    Biomatch__V1__GalleryDefinition d = BIOMATCH__V1__GALLERY_DEFINITION__INIT;
+    d.name = name;
+    d.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
+    d.dim = dim;
+    d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
+    d.shards = shards;
+    d.replicas = replicas;
+    if (bm_galdef_put(r, &d, NULL, err, sizeof err) != BM_OK)
+        fail_msg("galdef put: %s", err);
+    bm_redis_close(r);
 }
 
 /* One record read back from a topic: copies of what the tests look at. */

@@ -44,16 +44,6 @@ static void make_topics(struct th_env *e, struct topics *t)
     th_create(e, t->reply, 1);
 }
 
-static void send_partial(struct bm_producer *p, const char *topic,
-                         const Biomatch__V1__PartialResult *m)
-{
-    size_t len;
-    uint8_t *b = bm_wire_encode(&m->base, &len);
-    assert_non_null(b);
-    th_send(p, topic, BM_PARTITION_ANY, m->job_id, b, len, NULL);
-    free(b);
-}
-
 static void send_opened(struct bm_producer *p, const char *topic, const char *id, uint32_t S,
                         Biomatch__V1__MatchMode mode, uint32_t top_k, int has_thr, float thr,
                         int64_t deadline, const char *reply, const char *tp)
@@ -75,7 +65,7 @@ static void send_opened(struct bm_producer *p, const char *topic, const char *id
     o.fanned_out_unix_ms = bm_wall_ms() - 2;
     o.traceparent = (char *)(tp ? tp : "");
     o.probe_count = 1;
-    send_partial(p, topic, &o);
+    th_send_partial(p, topic, &o);
 }
 
 /* A shard partial with candidates "id:score" pairs (probe 0). */
@@ -109,7 +99,7 @@ static void send_shard(struct bm_producer *p, const char *topic, const char *id,
     m.queue_us = 10 + shard;
     m.scoring_us = 20 + shard;
     m.worker = (char *)"w1";
-    send_partial(p, topic, &m);
+    th_send_partial(p, topic, &m);
 }
 
 static Biomatch__V1__MatchResult *find_result(Biomatch__V1__MatchResult **rs, size_t n,

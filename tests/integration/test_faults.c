@@ -45,6 +45,7 @@ static void setup(struct th_env *e, const char *name, const char *roles)
     bm_conf_destroy(e->conf);
     static const char yaml[] = "kafka:\n"
                                "  message.timeout.ms: \"1500\"\n"
+                               "  socket.timeout.ms: \"2000\"\n"
                                "  topic.metadata.propagation.max.ms: \"1000\"\n"
                                "topics:\n"
                                "  max_record_bytes: 1000000\n"
@@ -68,25 +69,7 @@ static int role_alive(struct th_env *e)
 
 static void put_gallery(struct th_env *e, uint32_t shards)
 {
-    char err[512];
-    struct bm_redis *r = bm_coord_redis(&e->ctx, err, sizeof err);
-    assert_non_null(r);
-    char u[64];
-    bm_test_unique(u, sizeof u, "gf");
-    size_t k = 0;
-    for (size_t i = 0; u[i] && k + 1 < sizeof gallery; i++)
-        gallery[k++] = u[i] == '.' ? '-' : u[i];
-    gallery[k] = '\0';
-    Biomatch__V1__GalleryDefinition d = BIOMATCH__V1__GALLERY_DEFINITION__INIT;
-    d.name = gallery;
-    d.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
-    d.dim = DIM;
-    d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
-    d.shards = shards;
-    d.replicas = 1;
-    if (bm_galdef_put(r, &d, NULL, err, sizeof err) != BM_OK)
-        fail_msg("galdef put: %s", err);
-    bm_redis_close(r);
+    th_put_gallery(e, "gf", gallery, sizeof gallery, DIM, shards, 1);
     char tasks[256];
     bm_topic_tasks(tasks, sizeof tasks, e->prefix, gallery);
     th_create(e, tasks, (int)shards);
@@ -168,40 +151,50 @@ static Biomatch__V1__MatchResult *decode_result(const struct th_rec *r)
 
 /* ------------------------------------------------------------ intake */
 
+struct topics {
+    char jobs[256], partials[256], results[256], dlq[256], audit[256];
+};
+
+/* What intake reads and writes, and a one-shard gallery. */
+static void intake_topics(struct th_env *e, struct topics *t)
+{
+    bm_topic_name(t->jobs, sizeof t->jobs, e->prefix, BM_TOPIC_JOBS);
+    bm_topic_name(t->partials, sizeof t->partials, e->prefix, BM_TOPIC_PARTIALS);
+    bm_topic_name(t->results, sizeof t->results, e->prefix, BM_TOPIC_RESULTS);
+    bm_topic_name(t->dlq, sizeof t->dlq, e->prefix, BM_TOPIC_DLQ);
+    bm_topic_name(t->audit, sizeof t->audit, e->prefix, BM_TOPIC_AUDIT);
+    th_create(e, t->jobs, 1);
+    th_create(e, t->partials, 1);
+    th_create(e, t->results, 1);
+    th_create(e, t->dlq, 1);
+    th_create(e, t->audit, 1);
+    put_gallery(e, 1);
+}
+
 static void test_intake_garbage_and_too_large(void **state)
 {
     (void)state;
     struct th_env e;
     setup(&e, "fgarb", "intake");
-    char jobs[256], partials[256], results[256], dlq[256], audit[256];
-    bm_topic_name(jobs, sizeof jobs, e.prefix, BM_TOPIC_JOBS);
-    bm_topic_name(partials, sizeof partials, e.prefix, BM_TOPIC_PARTIALS);
-    bm_topic_name(results, sizeof results, e.prefix, BM_TOPIC_RESULTS);
-    bm_topic_name(dlq, sizeof dlq, e.prefix, BM_TOPIC_DLQ);
-    bm_topic_name(audit, sizeof audit, e.prefix, BM_TOPIC_AUDIT);
-    th_create(&e, jobs, 1);
-    th_create(&e, partials, 1);
-    th_create(&e, results, 1);
-    th_create(&e, dlq, 1);
-    th_create(&e, audit, 1);
-    put_gallery(&e, 1);
+    struct topics t;
+    intake_topics(&e, &t);
     char err[512];
     struct bm_producer *p = bm_producer_new(&e.bus, err, sizeof err);
     assert_non_null(p);
-    send_garbage(p, jobs, "garbage-1", BIG);
+    send_garbage(p, t.jobs, "garbage-1", BIG);
     /* 16 probes x top_k 1000 could be ~2.5 MB of candidates. */
     size_t len;
     uint8_t *b = make_job("too-large", 16, 1000, NULL, &len);
-    th_send(p, jobs, BM_PARTITION_ANY, "too-large", b, len, NULL);
+    th_send(p, t.jobs, BM_PARTITION_ANY, "too-large", b, len, NULL);
     free(b);
     b = make_job("after", 1, 5, NULL, &len);
-    th_send(p, jobs, BM_PARTITION_ANY, "after", b, len, NULL);
+    th_send(p, t.jobs, BM_PARTITION_ANY, "after", b, len, NULL);
     free(b);
     assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
     th_start(&e, bm_role_intake_run);
 
     static struct th_rec recs[TH_MAX_RECS];
-    size_t n = th_collect(&e, dlq, 1, 1, 0, recs, TH_MAX_RECS);
+    size_t n = th_collect(&e, t.dlq, 1, 1, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 1);
     assert_string_equal(recs[0].key, "garbage-1");
     assert_true(strncmp(recs[0].error, "ERROR_CODE_TOO_LARGE", 20) == 0);
@@ -210,7 +203,7 @@ static void test_intake_garbage_and_too_large(void **state)
     Biomatch__V1__DeadLetterStub *s =
         biomatch__v1__dead_letter_stub__unpack(NULL, recs[0].len, recs[0].value);
     assert_non_null(s);
-    assert_string_equal(s->source_topic, jobs);
+    assert_string_equal(s->source_topic, t.jobs);
     assert_int_equal(s->source_offset, 0);
     assert_int_equal(s->value_size, BIG);
     assert_int_equal(s->value_sha256.len, 32);
@@ -218,7 +211,7 @@ static void test_intake_garbage_and_too_large(void **state)
     biomatch__v1__dead_letter_stub__free_unpacked(s, NULL);
     th_free(recs, n);
 
-    n = th_collect(&e, results, 1, 1, 0, recs, TH_MAX_RECS);
+    n = th_collect(&e, t.results, 1, 1, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 1);
     Biomatch__V1__MatchResult *r = decode_result(&recs[0]);
     assert_string_equal(r->job_id, "too-large");
@@ -228,7 +221,7 @@ static void test_intake_garbage_and_too_large(void **state)
     bm_wire_free_result(r);
     th_free(recs, n);
     /* The job after them was fanned out: intake went on. */
-    n = th_collect(&e, partials, 1, 1, 0, recs, TH_MAX_RECS);
+    n = th_collect(&e, t.partials, 1, 1, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 1);
     assert_string_equal(recs[0].key, "after");
     th_free(recs, n);
@@ -283,18 +276,8 @@ static void test_intake_rides_out_redis(void **state)
     (void)state;
     struct th_env e;
     setup(&e, "fredis", "intake");
-    char jobs[256], partials[256], results[256], dlq[256], audit[256];
-    bm_topic_name(jobs, sizeof jobs, e.prefix, BM_TOPIC_JOBS);
-    bm_topic_name(partials, sizeof partials, e.prefix, BM_TOPIC_PARTIALS);
-    bm_topic_name(results, sizeof results, e.prefix, BM_TOPIC_RESULTS);
-    bm_topic_name(dlq, sizeof dlq, e.prefix, BM_TOPIC_DLQ);
-    bm_topic_name(audit, sizeof audit, e.prefix, BM_TOPIC_AUDIT);
-    th_create(&e, jobs, 1);
-    th_create(&e, partials, 1);
-    th_create(&e, results, 1);
-    th_create(&e, dlq, 1);
-    th_create(&e, audit, 1);
-    put_gallery(&e, 1);
+    struct topics t;
+    intake_topics(&e, &t);
     char err[512];
     struct bm_producer *p = bm_producer_new(&e.bus, err, sizeof err);
     assert_non_null(p);
@@ -306,7 +289,7 @@ static void test_intake_rides_out_redis(void **state)
     pid_t redis = service_pid("redis");
     assert_int_equal(kill(redis, SIGSTOP), 0);
     b = make_job("during-outage", 1, 5, NULL, &len);
-    th_send(p, jobs, BM_PARTITION_ANY, "during-outage", b, len, NULL);
+    th_send(p, t.jobs, BM_PARTITION_ANY, "during-outage", b, len, NULL);
     free(b);
     assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
     bm_sleep_ms(2000);
@@ -314,7 +297,7 @@ static void test_intake_rides_out_redis(void **state)
     assert_int_equal(kill(redis, SIGCONT), 0);
     assert_true(alive);
     static struct th_rec recs[TH_MAX_RECS];
-    size_t n = th_collect(&e, partials, 1, 1, 0, recs, TH_MAX_RECS);
+    size_t n = th_collect(&e, t.partials, 1, 1, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 1);
     assert_string_equal(recs[0].key, "during-outage");
     th_free(recs, n);
@@ -325,16 +308,6 @@ static void test_intake_rides_out_redis(void **state)
 }
 
 /* ------------------------------------------------------------ aggregate */
-
-static void send_partial(struct bm_producer *p, const char *topic,
-                         const Biomatch__V1__PartialResult *m)
-{
-    size_t len;
-    uint8_t *b = bm_wire_encode(&m->base, &len);
-    assert_non_null(b);
-    th_send(p, topic, BM_PARTITION_ANY, m->job_id, b, len, NULL);
-    free(b);
-}
 
 static void send_opened(struct bm_producer *p, const char *topic, const char *id,
                         uint32_t top_k, uint32_t probes, int64_t deadline, const char *reply)
@@ -350,7 +323,7 @@ static void send_opened(struct bm_producer *p, const char *topic, const char *id
     o.deadline_unix_ms = deadline;
     o.reply_topic = (char *)(reply ? reply : "");
     o.probe_count = probes;
-    send_partial(p, topic, &o);
+    th_send_partial(p, topic, &o);
 }
 
 /* One shard's answer: 'probes' x 'per' candidates with 60-byte ids. */
@@ -380,7 +353,7 @@ static void send_shard(struct bm_producer *p, const char *topic, const char *id,
     m.candidates = cp;
     m.gallery_version = 1;
     m.worker = (char *)"w1";
-    send_partial(p, topic, &m);
+    th_send_partial(p, topic, &m);
     free(ids);
     free(cp);
     free(cv);
@@ -444,20 +417,28 @@ static void test_aggregate_refusals_and_outage(void **state)
     bm_wire_free_result(r);
     assert_true(role_alive(&e));
 
-    /* The broker stops while a result is on its way and stays stopped
-     * longer than message.timeout.ms (1.5 s): the result is re-sent. */
-    send_opened(p, partials, "outage", 5, 1, bm_wall_ms() + 2500, NULL);
+    /* The broker stops for 9 s while three results fall due (their jobs'
+     * deadlines pass): the first may be in flight, the others wait in the
+     * producer past message.timeout.ms (1.5 s), librdkafka having dropped
+     * the stalled connection after socket.timeout.ms (2 s). All arrive. */
+    int64_t t0 = bm_wall_ms();
+    send_opened(p, partials, "outage-1", 5, 1, t0 + 2500, NULL);
+    send_opened(p, partials, "outage-2", 5, 1, t0 + 5000, NULL);
+    send_opened(p, partials, "outage-3", 5, 1, t0 + 7000, NULL);
     assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
-    bm_sleep_ms(1500); /* consumed; its deadline passes while stopped */
+    bm_sleep_ms(1500); /* consumed; the deadlines pass while stopped */
     pid_t kafka = service_pid("kafka");
     assert_int_equal(kill(kafka, SIGSTOP), 0);
-    bm_sleep_ms(5000);
+    bm_sleep_ms(9000);
     int alive = role_alive(&e);
     assert_int_equal(kill(kafka, SIGCONT), 0);
     assert_true(alive);
-    r = result_of(&e, results, "outage");
-    assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_TIMEOUT);
-    bm_wire_free_result(r);
+    static const char *const late[] = {"outage-1", "outage-2", "outage-3"};
+    for (size_t i = 0; i < 3; i++) {
+        r = result_of(&e, results, late[i]);
+        assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_TIMEOUT);
+        bm_wire_free_result(r);
+    }
     assert_true(role_alive(&e));
     assert_int_equal(th_stop(&e), BM_OK);
     bm_producer_free(p);

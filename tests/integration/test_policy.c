@@ -38,25 +38,7 @@ static char gallery[80];
 
 static void put_gallery(struct th_env *e)
 {
-    char err[512];
-    struct bm_redis *r = bm_coord_redis(&e->ctx, err, sizeof err);
-    assert_non_null(r);
-    char u[64];
-    bm_test_unique(u, sizeof u, "gp");
-    size_t k = 0;
-    for (size_t i = 0; u[i] && k + 1 < sizeof gallery; i++)
-        gallery[k++] = u[i] == '.' ? '-' : u[i];
-    gallery[k] = '\0';
-    Biomatch__V1__GalleryDefinition d = BIOMATCH__V1__GALLERY_DEFINITION__INIT;
-    d.name = gallery;
-    d.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
-    d.dim = DIM;
-    d.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
-    d.shards = S;
-    d.replicas = 1;
-    if (bm_galdef_put(r, &d, NULL, err, sizeof err) != BM_OK)
-        fail_msg("galdef put: %s", err);
-    bm_redis_close(r);
+    th_put_gallery(e, "gp", gallery, sizeof gallery, DIM, S, 1);
 }
 
 static uint8_t *make_job(const char *id, const char *agency, Biomatch__V1__MatchMode mode,
