@@ -54,7 +54,7 @@ bool bm_topic_reply_allowed(const char *prefix, const char *topic)
     if (strncmp(topic, prefix, n) != 0)
         return true;
     const char *rest = topic + n;
-    return strcmp(rest, "results") == 0 ||
+    return strcmp(rest, "results") == 0 || strcmp(rest, "replies") == 0 ||
            (strncmp(rest, "results.", 8) == 0 && rest[8] != '\0') ||
            (strncmp(rest, "replies.", 8) == 0 && rest[8] != '\0');
 }

@@ -34,7 +34,7 @@ int bm_topic_tasks(char *buf, size_t len, const char *prefix, const char *galler
 
 /* True when a client may name 'topic' as its reply topic. An allow-list,
  * so a topic biomatch adds later is refused until listed here: under
- * 'prefix' only `results`, `results.<x>` and `replies.<x>`; never a topic
+ * 'prefix' only `results`, `results.<x>`, `replies` and `replies.<x>`; never a topic
  * starting with '_' (Kafka's and Confluent's own: __consumer_offsets,
  * _schemas); anything else (an agency's own topic) is allowed. With an
  * empty prefix every topic is "under" it. Thread: any. */

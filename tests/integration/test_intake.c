@@ -91,7 +91,7 @@ static void test_intake_stream(void **state)
     bm_topic_name(results, sizeof results, e.prefix, BM_TOPIC_RESULTS);
     bm_topic_name(dlq, sizeof dlq, e.prefix, BM_TOPIC_DLQ);
     bm_topic_name(audit, sizeof audit, e.prefix, BM_TOPIC_AUDIT);
-    th_topic(&e, reply, sizeof reply, "reply");
+    th_topic(&e, reply, sizeof reply, "replies"); /* on the reply allow-list */
     th_create(&e, jobs, 2);
     th_create(&e, partials, 2);
     th_create(&e, results, 1);
@@ -183,7 +183,7 @@ static void test_intake_stream(void **state)
     th_send(p, jobs, BM_PARTITION_ANY, "bad-internal-reply", b, len, NULL);
     free(b);
     char missing[256];
-    th_topic(&e, missing, sizeof missing, "no-such-reply");
+    th_topic(&e, missing, sizeof missing, "replies.no-such-agency");
     b = make_job("bad-missing-reply", "no-such-gallery", ID, DIM, 0, 5, NULL, missing, &len);
     th_send(p, jobs, BM_PARTITION_ANY, "bad-missing-reply", b, len, NULL);
     free(b);

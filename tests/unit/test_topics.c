@@ -36,6 +36,7 @@ static void test_internal_topics(void **state)
     assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.results"));
     assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.results.agency-a"));
     assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.replies.agency-a"));
+    assert_true(bm_topic_reply_allowed("biomatch.", "biomatch.replies"));
     assert_true(bm_topic_reply_allowed("biomatch.", "agency-a.results"));
 }
 
