@@ -175,6 +175,24 @@ static inline void th_put_gallery(struct th_env *e, const char *tag, char *name,
     bm_redis_close(r);
 }
 
+/* A probe template over 'v' (dim f32 values, filled with a fixed pattern):
+ * 'de' and 't' are the caller's, and 't' points at 'de' and 'v'. */
+static inline void th_dense_probe(float *v, uint32_t dim, Biomatch__V1__DenseEmbedding *de,
+                                  Biomatch__V1__Template *t)
+{
+    for (uint32_t i = 0; i < dim; i++)
+        v[i] = (float)(i % 5) - 2.0f + 0.25f;
+    biomatch__v1__dense_embedding__init(de);
+    de->dim = dim;
+    de->element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
+    de->data.data = (uint8_t *)v;
+    de->data.len = dim * sizeof *v;
+    biomatch__v1__template__init(t);
+    t->modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
+    t->kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
+    t->dense = de;
+}
+
 /* One record read back from a topic: copies of what the tests look at. */
 struct th_rec {
     int32_t partition;

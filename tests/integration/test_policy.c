@@ -45,17 +45,9 @@ static uint8_t *make_job(const char *id, const char *agency, Biomatch__V1__Match
                          size_t *len)
 {
     float v[DIM];
-    for (uint32_t i = 0; i < DIM; i++)
-        v[i] = (float)(i % 5) - 2.0f + 0.25f;
-    Biomatch__V1__DenseEmbedding de = BIOMATCH__V1__DENSE_EMBEDDING__INIT;
-    de.dim = DIM;
-    de.element_type = BIOMATCH__V1__ELEMENT_TYPE__ELEMENT_TYPE_F32;
-    de.data.data = (uint8_t *)v;
-    de.data.len = sizeof v;
-    Biomatch__V1__Template t = BIOMATCH__V1__TEMPLATE__INIT;
-    t.modality = BIOMATCH__V1__MODALITY__MODALITY_FACE;
-    t.kind_case = BIOMATCH__V1__TEMPLATE__KIND_DENSE;
-    t.dense = &de;
+    Biomatch__V1__DenseEmbedding de;
+    Biomatch__V1__Template t;
+    th_dense_probe(v, DIM, &de, &t);
     Biomatch__V1__Template *tp[1] = {&t};
     Biomatch__V1__MatchJob j = BIOMATCH__V1__MATCH_JOB__INIT;
     j.job_id = (char *)id;
