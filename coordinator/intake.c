@@ -428,7 +428,7 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
                         &code, err, sizeof err);
     if (rc != BM_OK) {
         bm_wire_free_job(job);
-        return rc; /* Redis is down: fail the role, replay later */
+        return rc; /* Redis is down: the caller waits and retries */
     }
     if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
         bm_wire_free_job(job);
@@ -664,14 +664,19 @@ int bm_role_intake_run(struct bm_coord_ctx *ctx)
             int hrc, waiting = 0;
             for (int attempt = 0;; attempt++) {
                 hrc = handle(in, m);
-                if (!bm_err_transient(hrc) ||
+                /* handle() returns BM_EREDIS only from a lookup (sends
+                 * never do): an error reply such as LOADING, MASTERDOWN or
+                 * OOM says nothing about this job, so it is waited out
+                 * too, loudly, rather than turned into a dropped job. */
+                if (!(bm_err_transient(hrc) || hrc == BM_EREDIS) ||
                     !bm_coord_wait(in->ctx, &waiting, attempt, hrc, "intake: handling a job"))
                     break;
             }
             bm_coord_wait_end(in->ctx, &waiting);
             in->cur = NULL;
             bm_bus_msg_free(m);
-            if (hrc != BM_OK && hrc != BM_ECLOSED && !bm_err_transient(hrc)) {
+            if (hrc != BM_OK && hrc != BM_ECLOSED && hrc != BM_EREDIS &&
+                !bm_err_transient(hrc)) {
                 /* Refused for good: an outcome for this record only. */
                 count_refused(in);
                 BM_LOGF(BM_LOG_ERROR, "job record refused downstream; moving on",
