@@ -10,7 +10,9 @@
  *     log under a new epoch: the hidden subject is back, the MAC verifies;
  *  3. a plaintext segment blob written straight into Redis, even behind a
  *     correctly signed manifest, is refused by the loader (BM_ECHECKSUM)
- *     and by the builder, which rebuilds the shard sealed again.
+ *     and by the builder, which rebuilds the shard sealed again;
+ *  4. a plaintext gallery record produced straight to gallery.<name> (a
+ *     valid change, only not sealed) is skipped by the builder.
  * Labels: integration, security. */
 #include "test_gallery_util.h"
 
@@ -18,6 +20,7 @@
 
 #include "crypto/atrest.h"
 #include "crypto/keyring.h"
+#include "logread.h"
 #include "store/loader.h"
 #include "store/manifest_mac.h"
 
@@ -39,6 +42,37 @@ static void put_manifest(struct gt *g, const struct bm_manifest *m)
     free(enc);
 }
 
+/* The first record of the gallery log (partition 0): its key and value. */
+struct first_record {
+    char key[BM_SUBJECT_ID_MAX + 1];
+    uint8_t *value;
+    size_t len;
+};
+
+static int first_cb(int64_t offset, const void *key, size_t keylen, const void *value,
+                    size_t valuelen, void *opaque)
+{
+    (void)offset;
+    struct first_record *fr = opaque;
+    if (fr->value != NULL || value == NULL || keylen > BM_SUBJECT_ID_MAX)
+        return BM_OK;
+    memcpy(fr->key, key, keylen);
+    fr->key[keylen] = '\0';
+    fr->value = malloc(valuelen);
+    assert_non_null(fr->value);
+    memcpy(fr->value, value, valuelen);
+    fr->len = valuelen;
+    return BM_OK;
+}
+
+static int read_first_record(struct gt *g, struct first_record *fr)
+{
+    char err[256];
+    struct bm_bus_conf bc = gt_bus();
+    int rc = bm_logread(&bc, g->t_gallery, 0, 0, WAIT_MS, first_cb, fr, NULL, err, sizeof err);
+    return rc == BM_OK && fr->value != NULL ? BM_OK : BM_ENOTFOUND;
+}
+
 /* The loader, as a worker runs it, with the strict keyring: its result. */
 static int load(struct gt *g, const struct bm_keyring *kr, char *err, size_t errlen)
 {
@@ -51,6 +85,25 @@ static int load(struct gt *g, const struct bm_keyring *kr, char *err, size_t err
     bm_shard_free(s);
     bm_galdef_free(def);
     return rc;
+}
+
+/* 1 when the shard, loaded as a worker loads it, holds subject 'id'; 0
+ * when not; -1 when it does not load. */
+static int has_subject(struct gt *g, const struct bm_keyring *kr, const char *id)
+{
+    char err[256], buf[BM_SUBJECT_ID_MAX + 1];
+    Biomatch__V1__GalleryDefinition *def =
+        bm_galdef_from_spec(g->gallery, BIOMATCH__V1__MODALITY__MODALITY_FACE, &g->spec, 1, 1,
+                            err, sizeof err);
+    assert_non_null(def);
+    int rc = BM_OK;
+    struct bm_shard *s = bm_shard_load_keyring(g->redis, def, 0, NULL, kr, &rc, err, sizeof err);
+    bm_galdef_free(def);
+    if (s == NULL)
+        return -1;
+    int n = bm_shard_subject_id(s, bm_subjects_key(id, strlen(id)), buf, sizeof buf);
+    bm_shard_free(s);
+    return n > 0 && strcmp(buf, id) == 0;
 }
 
 /* Wait until the stored manifest is signed, verifies, holds 'subjects'
@@ -167,6 +220,49 @@ static void test_strict_refusals(void **state)
     struct bm_manifest *resealed = await_good(&g, kr, N, pm->epoch);
     bm_manifest_free(pm);
     bm_manifest_free(resealed);
+
+    /* 4: a plaintext gallery record produced straight to the log (a valid
+     * change, only not sealed) is skipped; a sealed enrollment after it
+     * is taken, so the plaintext one was read and refused. */
+    struct first_record fr = {0};
+    assert_int_equal(read_first_record(&g, &fr), BM_OK);
+    const uint8_t *plainrec = NULL;
+    size_t plainreclen = 0;
+    owned = NULL;
+    assert_int_equal(bm_atrest_open_record(kr, g.gallery, 0, fr.key, strlen(fr.key), fr.value,
+                                           fr.len, &plainrec, &plainreclen, &owned, err,
+                                           sizeof err),
+                     BM_OK);
+    Biomatch__V1__GalleryChange *ch2 = bm_wire_decode_gallery_change(
+        plainrec, plainreclen, BM_WIRE_DEFAULT_MAX_BYTES, err, sizeof err);
+    assert_non_null(ch2);
+    free(owned);
+    free(fr.value);
+    ch2->subject_id = (char *)"strict-plain";
+    size_t clen = 0;
+    uint8_t *cbuf = bm_wire_encode(&ch2->base, &clen);
+    assert_non_null(cbuf);
+    ch2->subject_id = NULL; /* borrowed literal: not the decoder's to free */
+    bm_wire_free_gallery_change(ch2);
+    int delivered = 0;
+    assert_int_equal(bm_producer_send(g.producer, g.t_gallery, 0, "strict-plain", 12, cbuf,
+                                      clen, NULL, 0, gt_delivery, &delivered),
+                     BM_OK);
+    assert_int_equal(bm_producer_flush(g.producer, WAIT_MS), BM_OK);
+    free(cbuf);
+    gt_enroll(&g, g.gallery, "strict-after", BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT, 99, 0,
+              NULL);
+    gt_flush(&g);
+    int64_t end = bm_test_now_ms() + WAIT_MS;
+    while (has_subject(&g, kr, "strict-after") != 1) {
+        if (bm_test_now_ms() > end)
+            fail_msg("strict-after not sealed within %d ms", WAIT_MS);
+        gt_sleep_ms(200);
+    }
+    assert_int_equal(has_subject(&g, kr, "strict-plain"), 0);
+    struct bm_manifest *after = await_good(&g, kr, N + 1, NULL);
+    printf("plaintext gallery record skipped: %u subjects\n", after->subjects);
+    bm_manifest_free(after);
     bm_manifest_free(repaired);
     bm_manifest_free(good);
     bm_keyring_free(kr);
