@@ -537,7 +537,9 @@ static int policy_agency(struct up *u, FILE *f, const char *agency, struct bm_si
             "    keys:\n"
             "      %s: \"%s\"\n"
             "    galleries:\n"
-            "      \"*\": [identify, verify, enroll, delete]\n",
+            "      \"*\": [identify, verify, enroll, delete]\n"
+            "    results:\n"
+            "      internal_fields: true   # the demo's warm-up reads comparisons\n",
             agency, kid, pub);
     return 0;
 }

@@ -20,12 +20,14 @@
 #include <string.h>
 
 #include "audit.h"
+#include "authn.h"
 #include "bus/dlq.h"
 #include "common/clock.h"
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "jobtable.h"
 #include "merge.h"
+#include "minimise.h"
 #include "obs/log.h"
 #include "obs/skew.h"
 #include "obs/metrics.h"
@@ -63,6 +65,7 @@ struct bm_agg {
     struct bm_counter *orphans; /* shard partials whose marker never came */
     struct bm_counter *refused; /* records Kafka refused for good */
     struct bm_gauge *inflight;
+    struct bm_policy *policy;   /* result rules per agency; NULL: development mode */
 };
 
 /* A delivery report's context: the job id (the job may be gone by then,
@@ -317,8 +320,12 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
             n++;
         }
     }
+    struct bm_policy_results rules;
+    bm_policy_results(ag->policy, o->agency, &rules);
     struct bm_merge_opts mo = {0};
     mo.limit = verify ? 0 : o->top_k;
+    if (rules.max_top_k != 0 && mo.limit > rules.max_top_k)
+        mo.limit = rules.max_top_k; /* intake refuses more; a marker is re-checked */
     mo.probe_count = o->probe_count ? o->probe_count : UINT32_MAX;
     mo.has_threshold = o->has_threshold;
     mo.threshold = o->threshold;
@@ -335,7 +342,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
 
     Biomatch__V1__MatchResult r = BIOMATCH__V1__MATCH_RESULT__INIT;
     Biomatch__V1__Timings tm = BIOMATCH__V1__TIMINGS__INIT;
-    r.job_id = j->id;
+    r.job_id = o->job_id;
     r.agency = o->agency;
     r.gallery = o->gallery;
     r.mode = o->mode;
@@ -362,6 +369,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     r.comparisons = comparisons;
     r.n_attributes = o->n_attributes;
     r.attributes = (Biomatch__V1__MatchResult__AttributesEntry **)o->attributes;
+    bm_minimise_result(&r, &rules);
     const char *topic = o->reply_topic && o->reply_topic[0] ? o->reply_topic : ag->results;
     char why[BM_TOPIC_MAX + 160];
     uint32_t left_out = 0;
@@ -413,7 +421,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     a.kind = BIOMATCH__V1__AUDIT_RECORD__KIND__KIND_JOB;
     a.agency = o->agency;
     a.gallery = o->gallery;
-    a.id = j->id;
+    a.id = o->job_id;
     a.mode = o->mode;
     a.subject_id = o->claimed_subject;
     a.signer_key_id = o->signer_key_id;
@@ -480,8 +488,16 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
         return to_dlq(ag, m, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE,
                       "partial without a valid job id, kind or shard");
     }
+    /* Jobs are keyed by (agency, job id): two agencies using one job id
+     * are two jobs (docs/wire.md section 1). */
+    char key[BM_WIRE_JOB_KEY_MAX];
+    if (bm_wire_job_key(p->agency, p->job_id, key, sizeof key) == 0) {
+        bm_wire_free_partial(p);
+        return to_dlq(ag, m, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE,
+                      "partial with an over-long agency");
+    }
     int64_t mono = bm_mono_ms();
-    struct bm_job *j = bm_jobtable_find(ag->jobs, p->job_id);
+    struct bm_job *j = bm_jobtable_find(ag->jobs, key);
     if (j && j->state != BM_JOB_OPEN) {
         /* Finished in this run: a late shard, a redelivery, or a replayed
          * marker. Nothing to hold back. */
@@ -489,7 +505,7 @@ static int handle(struct bm_agg *ag, const struct bm_bus_msg *m)
         return BM_OK;
     }
     if (j == NULL) {
-        j = bm_jobtable_add(ag->jobs, p->job_id, m->partition, m->offset, mono);
+        j = bm_jobtable_add(ag->jobs, key, m->partition, m->offset, mono);
         if (j == NULL) {
             bm_wire_free_partial(p);
             return BM_ENOMEM;
@@ -621,6 +637,7 @@ static void agg_free(struct bm_agg *ag)
     bm_producer_free(ag->prod);
     bm_jobtable_free(ag->jobs);
     bm_audit_close(ag->audit);
+    bm_policy_destroy(ag->policy);
     free(ag->parts);
     free(ag);
 }
@@ -645,6 +662,8 @@ static struct bm_agg *agg_new(struct bm_coord_ctx *ctx, char *err, size_t errlen
     }
     ag->audit = bm_audit_open(ctx, "aggregate", err, errlen);
     if (ag->audit == NULL)
+        goto fail;
+    if (bm_authn_policy(ctx, "aggregate", &ag->policy, err, errlen) != BM_OK)
         goto fail;
     if (ctx->metrics) {
         char merr[128];

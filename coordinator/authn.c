@@ -92,7 +92,8 @@ int bm_authn_check(const struct bm_policy *policy, int64_t window_ms, struct bm_
     snprintf(rec, sizeof rec, "%.249s:%d:%lld", m->topic ? m->topic : "", (int)m->partition,
              (long long)m->offset);
     enum bm_seen seen = BM_SEEN_NEW;
-    int rc = bm_seen_claim(redis, kind, agency, id, rec, 2 * window_ms, &seen, why, whylen);
+    int rc = bm_seen_claim(redis, kind, m->topic, agency, id, rec, 2 * window_ms, &seen, why,
+                           whylen);
     if (rc != BM_OK)
         return rc;
     if (seen == BM_SEEN_REPLAY) {

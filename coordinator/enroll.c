@@ -56,6 +56,7 @@
 #include "store/galdef.h"
 #include "store/keys.h"
 #include "store/redis.h"
+#include "store/owners.h"
 #include "store/subjects.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
@@ -399,6 +400,47 @@ static Biomatch__V1__ErrorCode authorise(const struct enroll *e,
     return BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED;
 }
 
+/* Only the owner of a subject, or an agency with the admin right on the
+ * gallery, may replace or delete it (docs/security.md "Subject
+ * ownership"): otherwise an agency could overwrite another's subject with
+ * its own template and be matched as that person. FORBIDDEN in *code, or
+ * a transient Redis error. */
+static int check_owner(struct enroll *e, const Biomatch__V1__EnrollRequest *req,
+                       Biomatch__V1__ErrorCode *code, char *why, size_t whylen)
+{
+    char owner[BM_OWNER_MAX], err[256];
+    int rc = bm_owner_get(e->redis, req->gallery, req->subject_id, owner, sizeof owner, err,
+                          sizeof err);
+    if (rc == BM_ENOTFOUND)
+        return BM_OK;
+    if (rc != BM_OK) {
+        BM_LOGF(BM_LOG_WARN, "enroll: owner lookup failed", BM_LF_STR("error", err));
+        return rc;
+    }
+    if (strcmp(owner, req->agency) == 0 ||
+        bm_policy_permit(e->policy, req->agency, req->gallery, BM_POLICY_OP_ADMIN, err,
+                         sizeof err) == BM_POLICY_ALLOW)
+        return BM_OK;
+    *code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_FORBIDDEN;
+    snprintf(why, whylen, "the subject belongs to another agency");
+    return BM_OK;
+}
+
+/* Record the owner change of an accepted request (policy mode only). */
+static int note_owner(struct enroll *e, const Biomatch__V1__EnrollRequest *req)
+{
+    if (e->policy == NULL)
+        return BM_OK;
+    char err[256];
+    int rc = req->op == BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE
+                 ? bm_owner_forget(e->redis, req->gallery, req->subject_id, err, sizeof err)
+                 : bm_owner_claim(e->redis, req->gallery, req->subject_id, req->agency, err,
+                                  sizeof err);
+    if (rc != BM_OK)
+        BM_LOGF(BM_LOG_WARN, "enroll: recording the owner failed", BM_LF_STR("error", err));
+    return rc;
+}
+
 /* ------------------------------------------------------------ one message */
 
 /* Handle one `enroll` record. Returns BM_OK when it was decided (accepted or
@@ -482,6 +524,13 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
     }
     if (code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE)
         code = authorise(e, req, why, sizeof why);
+    if (code == BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE && e->policy != NULL) {
+        rc = check_owner(e, req, &code, why, sizeof why);
+        if (rc != BM_OK) {
+            bm_wire_free(pm);
+            return rc; /* Redis is down: retried */
+        }
+    }
     if (code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE) {
         reject(e, m, req, code, why);
         bm_wire_free(pm);
@@ -554,6 +603,12 @@ static int handle(struct enroll *e, const struct bm_bus_msg *m)
         bm_bus_headers_add_str(&h, BM_HDR_CONTENT_TYPE, ct);
         send(e, g->topic, (int32_t)shard, req->subject_id, sidlen, buf, len, &h, 1);
         free(buf);
+    }
+    /* A failure here is retried like a Redis outage: the change was sent,
+     * and its repetition is idempotent (same owner, same record). */
+    if ((rc = note_owner(e, req)) != BM_OK) {
+        bm_wire_free(pm);
+        return rc;
     }
     bm_counter_inc(e->m_accepted);
     audit(e, m, req, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK,

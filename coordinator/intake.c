@@ -249,8 +249,9 @@ static int reject(struct bm_intake *in, const struct bm_bus_msg *m,
         keyid[m->keylen] = '\0';
         r.job_id = keyid;
     }
-    const char *key = r.job_id;
-    size_t keylen = strlen(key);
+    char jkey[BM_WIRE_JOB_KEY_MAX];
+    const char *key = jkey;
+    size_t keylen = r.job_id[0] ? bm_wire_job_key(r.agency, r.job_id, jkey, sizeof jkey) : 0;
     if (keylen == 0) {
         key = m->key;
         keylen = m->keylen;
@@ -274,12 +275,17 @@ static int fan_out(struct bm_intake *in, const struct bm_bus_msg *m,
                    const char *traceparent, int64_t now)
 {
     uint32_t S = def->shards, R = def->replicas ? def->replicas : 1;
-    /* The replica is a pure function of the job id, so a replayed job goes
+    /* Jobs are keyed by (agency, job id) everywhere downstream, so two
+     * agencies using one job id never meet in the aggregator. */
+    char key[BM_WIRE_JOB_KEY_MAX];
+    size_t keylen = bm_wire_job_key(job->agency, job->job_id, key, sizeof key);
+    if (keylen == 0)
+        return BM_ERANGE; /* validated lengths always fit */
+    /* The replica is a pure function of the job key, so a replayed job goes
      * to the same workers (whose shards are warm) and spreads evenly. */
-    uint32_t replica = (uint32_t)(bm_subject_key(job->job_id, strlen(job->job_id)) % R);
+    uint32_t replica = (uint32_t)(bm_subject_key(key, keylen) % R);
     int64_t deadline = job->deadline_unix_ms ? job->deadline_unix_ms
                                              : now + in->conf->coordinator.default_deadline_ms;
-    size_t idlen = strlen(job->job_id);
 
     Biomatch__V1__PartialResult o = BIOMATCH__V1__PARTIAL_RESULT__INIT;
     o.job_id = job->job_id;
@@ -304,13 +310,13 @@ static int fan_out(struct bm_intake *in, const struct bm_bus_msg *m,
     char signer[65];
     bm_audit_signer_key_id(m, signer, sizeof signer);
     o.signer_key_id = signer;
-    int rc = send_msg(in, in->partials, BM_PARTITION_ANY, job->job_id, idlen, &o.base,
-                      traceparent);
+    int rc = send_msg(in, in->partials, BM_PARTITION_ANY, key, keylen, &o.base, traceparent);
     if (rc != BM_OK)
         return rc;
 
     Biomatch__V1__MatchTask t = BIOMATCH__V1__MATCH_TASK__INIT;
     t.job_id = job->job_id;
+    t.agency = job->agency;
     t.gallery = job->gallery;
     t.shard_count = S;
     t.replica = replica;
@@ -327,8 +333,8 @@ static int fan_out(struct bm_intake *in, const struct bm_bus_msg *m,
     t.fanned_out_unix_ms = now;
     for (uint32_t s = 0; s < S; s++) {
         t.shard = s;
-        rc = send_msg(in, tasks_topic, (int32_t)(s + S * replica), job->job_id, idlen,
-                      &t.base, traceparent);
+        rc = send_msg(in, tasks_topic, (int32_t)(s + S * replica), key, keylen, &t.base,
+                      traceparent);
         if (rc != BM_OK)
             return rc;
     }
@@ -383,6 +389,31 @@ static int result_fits(const struct bm_intake *in, const Biomatch__V1__MatchJob 
                      "a result of %zu probe(s) x top_k %u could reach %zu bytes, over the "
                      "record size limit of %zu; top_k at most %zu for %zu probe(s)",
                      job->n_probes, job->top_k, need, limit, max_k, job->n_probes);
+}
+
+/* The agency's result rules that a job must meet (docs/security.md
+ * "Result minimisation"): at most its max_top_k, and a threshold of at
+ * least its min_threshold. INVALID_TOP_K / INVALID_VALUE in *code. */
+static int within_rules(const struct bm_intake *in, const Biomatch__V1__MatchJob *job,
+                        Biomatch__V1__ErrorCode *code, char *err, size_t errlen)
+{
+    if (in->policy == NULL)
+        return BM_OK;
+    struct bm_policy_results r;
+    bm_policy_results(in->policy, job->agency, &r);
+    if (r.max_top_k != 0 && job->top_k > r.max_top_k) {
+        *code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_TOP_K;
+        snprintf(err, errlen, "top_k %u is over the agency's limit of %u", job->top_k,
+                 r.max_top_k);
+        return BM_EINVAL;
+    }
+    if (r.has_min_threshold && (!job->has_threshold || job->threshold < r.min_threshold)) {
+        *code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE;
+        snprintf(err, errlen, "the agency's jobs need a threshold of at least %g",
+                 (double)r.min_threshold);
+        return BM_EINVAL;
+    }
+    return BM_OK;
 }
 
 /* ---------------------------------------------------------------- one job */
@@ -449,6 +480,8 @@ static int handle(struct bm_intake *in, const struct bm_bus_msg *m)
         rc = result_fits(in, job, &code, err, sizeof err);
     if (rc == BM_OK)
         rc = authorise(in, job, &code, err, sizeof err);
+    if (rc == BM_OK)
+        rc = within_rules(in, job, &code, err, sizeof err);
     /* The reply topic is checked whatever the verdict, because rejections
      * go there too: a missing topic would fail the delivery and, replayed,
      * stop intake for good; one of our own topics (the gallery log, audit)

@@ -103,6 +103,7 @@ static void partial_init(Biomatch__V1__PartialResult *pr, const struct wk_task *
 {
     biomatch__v1__partial_result__init(pr);
     pr->job_id = t->msg->job_id;
+    pr->agency = t->msg->agency;
     pr->kind = BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_SHARD;
     pr->shard = t->shard->index;
     pr->shard_count = t->shard->g->shards;

@@ -23,6 +23,7 @@
 #include "obs/metrics.h"
 #include "wire/decode.h"
 #include "wire/headers.h"
+#include "wire/job.h"
 #include "worker.h"
 
 struct wk_entry *wk_entry_push(struct wk_part *p, int64_t offset)
@@ -187,12 +188,15 @@ void wk_part_advance(struct wk *w, struct wk_part *p)
     }
 }
 
-static void take_key(struct wk_entry *e, const char *job_id)
+/* A partial's key is its job's key, (agency, job id): all partials of a
+ * job share the aggregator partition of its opened marker. */
+static void take_key(struct wk_entry *e, const Biomatch__V1__PartialResult *pr)
 {
-    size_t n = strlen(job_id);
-    e->key = malloc(n + 1);
+    char key[BM_WIRE_JOB_KEY_MAX];
+    size_t n = bm_wire_job_key(pr->agency, pr->job_id, key, sizeof key);
+    e->key = n > 0 ? malloc(n + 1) : NULL;
     if (e->key != NULL) {
-        memcpy(e->key, job_id, n + 1);
+        memcpy(e->key, key, n + 1);
         e->keylen = n;
     }
 }
@@ -236,7 +240,7 @@ void wk_publish_partial(struct wk *w, struct wk_gallery *g, struct wk_entry *e,
 {
     bm_counter_inc(g->tasks[status]);
     e->dest = w->partials;
-    take_key(e, pr->job_id);
+    take_key(e, pr);
     /* Headroom for headers and Kafka's record framing. */
     size_t limit = (size_t)w->conf->topics.max_record_bytes;
     e->value = encode_bounded(pr, limit > 8192 ? limit - 4096 : limit / 2, &e->valuelen);
@@ -253,6 +257,7 @@ void wk_publish_error(struct wk *w, struct wk_gallery *g, struct wk_entry *e,
 {
     Biomatch__V1__PartialResult pr = BIOMATCH__V1__PARTIAL_RESULT__INIT;
     pr.job_id = task->job_id;
+    pr.agency = task->agency;
     pr.kind = BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_SHARD;
     pr.shard = shard;
     pr.shard_count = g->shards;

@@ -45,6 +45,7 @@ struct grant {
 struct agency {
     char *name;               /* owned */
     bool require_signature;
+    struct bm_policy_results results;
     struct grant *grants;
     size_t ngrants;
     struct pkey *keys;
@@ -259,7 +260,7 @@ static int map_check(struct loader *L, yaml_node_t *map, const char *what)
 
 static int load_ops(struct loader *L, yaml_node_t *seq, const char *path, unsigned *ops)
 {
-    static const char *const names[] = {"identify", "verify", "enroll", "delete"};
+    static const char *const names[] = {"identify", "verify", "enroll", "delete", "admin"};
     if (seq->type != YAML_SEQUENCE_NODE)
         return fail(L, BM_EINVAL, seq, "'%s' must be a list of operations", path);
     *ops = 0;
@@ -268,12 +269,13 @@ static int load_ops(struct loader *L, yaml_node_t *seq, const char *path, unsign
         yaml_node_t *n = yaml_document_get_node(L->doc, *it);
         const char *s = scalar(n);
         unsigned bit = 0;
-        for (unsigned i = 0; s != NULL && i < 4; i++)
+        for (unsigned i = 0; s != NULL && i < 5; i++)
             if (strcmp(s, names[i]) == 0)
                 bit = 1u << i;
         if (bit == 0)
             return fail(L, BM_EINVAL, n ? n : seq,
-                        "'%s': operations are identify, verify, enroll, delete, not '%s'", path,
+                        "'%s': operations are identify, verify, enroll, delete, admin, not '%s'",
+                        path,
                         s ? s : "(not a name)");
         if (*ops & bit)
             return fail(L, BM_EINVAL, n, "'%s': duplicate operation '%s'", path, s);
@@ -343,6 +345,71 @@ static int load_keys(struct loader *L, struct agency *a, yaml_node_t *map, const
     return BM_OK;
 }
 
+/* A number in [lo, hi] from a scalar; false when it is not one. */
+static bool number_in(const yaml_node_t *v, double lo, double hi, double *out)
+{
+    const char *s = scalar(v);
+    if (s == NULL || *s == '\0')
+        return false;
+    char *end = NULL;
+    errno = 0;
+    double d = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(d >= lo && d <= hi))
+        return false;
+    *out = d;
+    return true;
+}
+
+static int load_results(struct loader *L, struct agency *a, yaml_node_t *map, const char *path)
+{
+    int rc = map_check(L, map, path);
+    if (rc != BM_OK)
+        return rc;
+    struct bm_policy_results *r = &a->results;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(L->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(L->doc, p->value);
+        const char *key = key_name(k), *sv = scalar(v);
+        double d = 0;
+        if (strcmp(key, "max_top_k") == 0) {
+            if (!number_in(v, 1, 1000, &d) || d != (double)(uint32_t)d)
+                return fail(L, BM_EINVAL, v, "'%s.max_top_k' must be an integer 1..1000", path);
+            r->max_top_k = (uint32_t)d;
+        } else if (strcmp(key, "min_threshold") == 0) {
+            if (!number_in(v, -1e30, 1e30, &d))
+                return fail(L, BM_EINVAL, v, "'%s.min_threshold' must be a number", path);
+            r->has_min_threshold = true;
+            r->min_threshold = (float)d;
+        } else if (strcmp(key, "detail") == 0) {
+            if (sv != NULL && strcmp(sv, "ids_scores") == 0)
+                r->detail = BM_POLICY_DETAIL_IDS_SCORES;
+            else if (sv != NULL && strcmp(sv, "ids") == 0)
+                r->detail = BM_POLICY_DETAIL_IDS;
+            else if (sv != NULL && strcmp(sv, "hit_nohit") == 0)
+                r->detail = BM_POLICY_DETAIL_HIT_NOHIT;
+            else
+                return fail(L, BM_EINVAL, v,
+                            "'%s.detail' must be hit_nohit, ids or ids_scores", path);
+        } else if (strcmp(key, "score_decimals") == 0) {
+            if (!number_in(v, 0, 6, &d) || d != (double)(int)d)
+                return fail(L, BM_EINVAL, v, "'%s.score_decimals' must be an integer 0..6",
+                            path);
+            r->score_decimals = (int)d;
+        } else if (strcmp(key, "internal_fields") == 0) {
+            if (sv != NULL && strcmp(sv, "true") == 0)
+                r->internal_fields = true;
+            else if (sv != NULL && strcmp(sv, "false") == 0)
+                r->internal_fields = false;
+            else
+                return fail(L, BM_EINVAL, v, "'%s.internal_fields' must be true or false", path);
+        } else {
+            return fail(L, BM_EINVAL, k, "unknown key '%s.%s'", path, key);
+        }
+    }
+    return BM_OK;
+}
+
 static int load_agency(struct loader *L, struct agency *a, yaml_node_t *kn, yaml_node_t *map)
 {
     char path[256];
@@ -371,6 +438,8 @@ static int load_agency(struct loader *L, struct agency *a, yaml_node_t *kn, yaml
             rc = load_galleries(L, a, v, sub);
         } else if (strcmp(key, "keys") == 0) {
             rc = load_keys(L, a, v, sub);
+        } else if (strcmp(key, "results") == 0) {
+            rc = load_results(L, a, v, sub);
         } else {
             rc = fail(L, BM_EINVAL, k, "unknown key '%s'", sub);
         }
@@ -417,6 +486,7 @@ static int load_root(struct loader *L, yaml_node_t *root)
             return fail(L, BM_EINVAL, k, "agency names are 1-128 bytes");
         struct agency *a = &L->p->agencies[L->p->n++];
         a->require_signature = true; /* secure by default: opting out is explicit */
+        a->results.score_decimals = -1;
         if ((a->name = strdup(name)) == NULL)
             return bm_seterr(L->err, L->errlen, BM_ENOMEM, "out of memory");
         if ((rc = load_agency(L, a, k, v)) != BM_OK)
@@ -523,11 +593,29 @@ const char *bm_policy_op_name(enum bm_policy_op op)
         return "enroll";
     case BM_POLICY_OP_DELETE:
         return "delete";
+    case BM_POLICY_OP_ADMIN:
+        return "admin";
     }
     return "?";
 }
 
 /* ---- decisions ----------------------------------------------------------- */
+
+void bm_policy_results(const struct bm_policy *p, const char *agency,
+                       struct bm_policy_results *out)
+{
+    const struct agency *a = NULL;
+    for (size_t i = 0; p != NULL && agency != NULL && i < p->n && a == NULL; i++)
+        if (strcmp(p->agencies[i].name, agency) == 0)
+            a = &p->agencies[i];
+    if (a != NULL) {
+        *out = a->results;
+        return;
+    }
+    *out = (struct bm_policy_results){0};
+    out->score_decimals = -1;
+    out->internal_fields = true;
+}
 
 
 /* Drop a UTF-8 sequence cut short at the end of 's' (by a precision or the

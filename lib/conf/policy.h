@@ -4,7 +4,8 @@
  *
  * A policy is a YAML file (config key security.policy_file) that lists the
  * agencies allowed to use the cluster; per agency, the galleries it may use
- * with the operations allowed on each (identify, verify, enroll, delete),
+ * with the operations allowed on each (identify, verify, enroll, delete,
+ * admin),
  * its Ed25519 public keys by key id, and whether its records must be
  * signed (the default). Agencies not listed may do nothing.
  *
@@ -45,6 +46,8 @@ enum bm_policy_op {
     BM_POLICY_OP_VERIFY = 2,
     BM_POLICY_OP_ENROLL = 4,
     BM_POLICY_OP_DELETE = 8,
+    /* Update or delete subjects other agencies own (docs/security.md). */
+    BM_POLICY_OP_ADMIN = 16,
 };
 
 /* Outcome of a check; the roles map it to ERROR_CODE_NONE,
@@ -117,7 +120,32 @@ enum bm_policy_verdict bm_policy_permit(const struct bm_policy *p, const char *a
                                         const char *gallery, enum bm_policy_op op, char *why,
                                         size_t whylen);
 
-/* "identify", "verify", "enroll", "delete" ("?" otherwise). */
+/* How much of a result an agency receives (the `results` map of its
+ * policy entry; docs/security.md "Result minimisation"). */
+enum bm_policy_detail {
+    BM_POLICY_DETAIL_IDS_SCORES = 0, /* subject ids and scores (the default) */
+    BM_POLICY_DETAIL_IDS = 1,        /* subject ids and ranks, no scores */
+    BM_POLICY_DETAIL_HIT_NOHIT = 2,  /* only whether there was a candidate */
+};
+
+struct bm_policy_results {
+    uint32_t max_top_k;        /* 0: only coordinator.max_top_k applies */
+    bool has_min_threshold;    /* every job must carry threshold >= min_threshold */
+    float min_threshold;
+    enum bm_policy_detail detail;
+    int score_decimals;        /* scores rounded to this many decimals; -1: not rounded */
+    bool internal_fields;      /* comparisons, shard, gallery version, worker timings */
+};
+
+/* The result rules of 'agency' into 'out'. Without a policy (development
+ * mode) or for an agency not listed: nothing is limited and internal
+ * fields are kept. A listed agency without a `results` map gets the
+ * secure defaults: no limits, ids and scores, no rounding, internal fields
+ * left out. Thread: any. */
+void bm_policy_results(const struct bm_policy *p, const char *agency,
+                       struct bm_policy_results *out);
+
+/* "identify", "verify", "enroll", "delete", "admin" ("?" otherwise). */
 const char *bm_policy_op_name(enum bm_policy_op op);
 
 /* ------------------------------------------------------------- signing */

@@ -27,15 +27,16 @@ static void put_len(EVP_MD_CTX *h, const char *s)
     EVP_DigestUpdate(h, s, n);
 }
 
-int bm_seen_claim(struct bm_redis *c, const char *kind, const char *agency, const char *id,
-                  const char *record, int64_t ttl_ms, enum bm_seen *out, char *err,
-                  size_t errlen)
+int bm_seen_claim(struct bm_redis *c, const char *kind, const char *topic, const char *agency,
+                  const char *id, const char *record, int64_t ttl_ms, enum bm_seen *out,
+                  char *err, size_t errlen)
 {
     unsigned char md[32];
     unsigned int mdlen = 0;
     EVP_MD_CTX *h = EVP_MD_CTX_new();
     int ok = h != NULL && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1;
     if (ok) {
+        put_len(h, topic ? topic : "");
         put_len(h, agency ? agency : "");
         put_len(h, id ? id : "");
         ok = EVP_DigestFinal_ex(h, md, &mdlen) == 1 && mdlen == sizeof md;

@@ -30,14 +30,16 @@ enum bm_seen {
     BM_SEEN_REPLAY = 2,   /* claimed before by another record */
 };
 
-/* Claim (kind, agency, id) for the Kafka record 'record' ("<topic>:<partition>:
- * <offset>", at most 300 bytes) for 'ttl_ms'. 'kind' separates id spaces
- * ("job", "enroll"). The Redis key is "bm:seen:<kind>:<hex SHA-256 of the
- * length-prefixed agency and id>", so no client string reaches a key name.
+/* Claim (topic, agency, id) for the Kafka record 'record' ("<topic>:<partition>:
+ * <offset>", at most 300 bytes) for 'ttl_ms'. 'kind' ("job", "enroll")
+ * names the id space in the key; the topic (prefix included) keeps
+ * deployments that share a Redis apart. The Redis key is
+ * "bm:seen:<kind>:<hex SHA-256 of the length-prefixed topic, agency and
+ * id>", so no client string reaches a key name.
  * Returns BM_OK with the outcome in *out, or the Redis error (transient:
  * nothing is decided, the caller waits and retries) with the reason in err. */
-int bm_seen_claim(struct bm_redis *c, const char *kind, const char *agency, const char *id,
-                  const char *record, int64_t ttl_ms, enum bm_seen *out, char *err,
-                  size_t errlen);
+int bm_seen_claim(struct bm_redis *c, const char *kind, const char *topic, const char *agency,
+                  const char *id, const char *record, int64_t ttl_ms, enum bm_seen *out,
+                  char *err, size_t errlen);
 
 #endif /* BM_SEEN_H */

@@ -257,3 +257,15 @@ int bm_wire_validate_task(const Biomatch__V1__MatchTask *t,
         return rc;
     return check_probes(t->probes, t->n_probes, g, limits, code, err, errlen);
 }
+
+size_t bm_wire_job_key(const char *agency, const char *job_id, char *out, size_t outlen)
+{
+    const char *a = agency ? agency : "", *j = job_id ? job_id : "";
+    int n = snprintf(out, outlen, "%zu:%s%s", strlen(a), a, j);
+    if (n < 0 || (size_t)n >= outlen) {
+        if (outlen > 0)
+            out[0] = '\0';
+        return 0;
+    }
+    return (size_t)n;
+}

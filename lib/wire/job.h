@@ -63,6 +63,18 @@ int bm_wire_validate_task(const Biomatch__V1__MatchTask *task,
  * nothing above U+10FFFF), else 0. */
 int bm_wire_utf8_valid(const char *s, size_t len);
 
+/* Longest job key: 3 digits, ':', agency and job id at their limits, NUL. */
+#define BM_WIRE_JOB_KEY_MAX (4 + BM_WIRE_MAX_NAME_BYTES + BM_WIRE_MAX_ID_BYTES + 1)
+
+/* The key of a job inside biomatch (docs/wire.md section 1): job ids are
+ * namespaced by agency, so two agencies may use the same job id at once.
+ * Writes "<decimal byte length of agency>:<agency><job_id>" (the length
+ * makes the split unambiguous, e.g. "2:A1job-7") into 'out'. Used as the
+ * Kafka key of tasks, partials and results and as the aggregator's job
+ * table key. Returns the key's length, or 0 when it does not fit 'outlen'
+ * (then 'out' holds ""). NULL strings count as "". Thread: any. */
+size_t bm_wire_job_key(const char *agency, const char *job_id, char *out, size_t outlen);
+
 /* 1 when 'id' is a valid subject id: 1..128 bytes of UTF-8. */
 int bm_wire_subject_id_valid(const char *id);
 

@@ -1,6 +1,8 @@
 /* See testutil.h. */
 #include "testutil.h"
 
+#include "conf/policy.h"
+
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -139,4 +141,16 @@ int bm_test_run_selected(const char *group, const struct CMUnitTest *tests, size
     int rc = _cmocka_run_group_tests(group, sel, k, NULL, NULL);
     free(sel);
     return rc;
+}
+
+struct bm_signer *bm_test_signer(const char *kid, char *pub)
+{
+    char err[256], *pem = NULL;
+    if (bm_signer_keygen(&pem, pub, BM_POLICY_PUB_B64_LEN, err, sizeof err) != 0)
+        fail_msg("keygen: %s", err);
+    struct bm_signer *s = bm_signer_from_pem(pem, strlen(pem), kid, err, sizeof err);
+    free(pem);
+    if (s == NULL)
+        fail_msg("signer: %s", err);
+    return s;
 }

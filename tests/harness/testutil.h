@@ -43,4 +43,11 @@ void bm_test_bin(char *buf, size_t len, const char *name);
  * no test fails the run, so a rename cannot silently empty it. */
 int bm_test_run_selected(const char *group, const struct CMUnitTest *tests, size_t n);
 
+struct bm_signer;
+
+/* A fresh Ed25519 signer with key id 'kid' (caller frees with
+ * bm_signer_destroy) and, in 'pub' (at least 45 bytes), its public key in
+ * the base64 form a policy file takes. Fails the test on any error. */
+struct bm_signer *bm_test_signer(const char *kid, char *pub);
+
 #endif /* BM_TESTUTIL_H */

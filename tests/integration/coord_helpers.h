@@ -19,6 +19,7 @@
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "obs/metrics.h"
+#include "wire/job.h"
 #include "role.h"
 #include "store/galdef.h"
 #include "store/redis.h"
@@ -69,6 +70,28 @@ static inline void th_setup(struct th_env *e, const char *name, const char *role
     atomic_store(&e->ctx.stop, 0);
     e->bus.bootstrap_servers = e->conf->brokers;
     e->bus.client_id = "coord-test";
+}
+
+/* Run e's roles under 'policy' (YAML text) instead of the development
+ * mode: the text goes to a fresh temporary file whose name lands in 'path'
+ * (a "/tmp/...XXXXXX" template; the caller unlinks it) and the
+ * configuration is loaded again with BIOMATCH_SECURITY_POLICY_FILE, as the
+ * process would from its environment. */
+static inline void th_use_policy(struct th_env *e, char *path, const char *policy)
+{
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    size_t n = strlen(policy);
+    assert_int_equal(write(fd, policy, n), (ssize_t)n);
+    assert_int_equal(close(fd), 0);
+    snprintf(e->envbuf[7], sizeof e->envbuf[7], "BIOMATCH_SECURITY_POLICY_FILE=%s", path);
+    char err[512];
+    bm_conf_destroy(e->conf);
+    e->conf = bm_conf_parse(NULL, 0, NULL, e->envp, err, sizeof err);
+    if (e->conf == NULL)
+        fail_msg("conf: %s", err);
+    e->ctx.conf = e->conf;
+    e->bus.bootstrap_servers = e->conf->brokers;
 }
 
 static inline void th_teardown(struct th_env *e)
@@ -144,7 +167,10 @@ static inline void th_send_partial(struct bm_producer *p, const char *topic,
     size_t len;
     uint8_t *b = bm_wire_encode(&m->base, &len);
     assert_non_null(b);
-    th_send(p, topic, BM_PARTITION_ANY, m->job_id, b, len, NULL);
+    /* Keyed by the job key, (agency, job id), as intake and workers do. */
+    char key[BM_WIRE_JOB_KEY_MAX];
+    assert_true(bm_wire_job_key(m->agency, m->job_id, key, sizeof key) > 0);
+    th_send(p, topic, BM_PARTITION_ANY, key, b, len, NULL);
     free(b);
 }
 

@@ -23,6 +23,7 @@
 
 #include "coord_helpers.h"
 #include "wire/decode.h"
+#include "wire/job.h"
 
 #define TP "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -44,15 +45,16 @@ static void make_topics(struct th_env *e, struct topics *t)
     th_create(e, t->reply, 1);
 }
 
-static void send_opened(struct bm_producer *p, const char *topic, const char *id, uint32_t S,
-                        Biomatch__V1__MatchMode mode, uint32_t top_k, int has_thr, float thr,
-                        int64_t deadline, const char *reply, const char *tp)
+static void send_opened_as(struct bm_producer *p, const char *topic, const char *agency,
+                           const char *id, uint32_t S, Biomatch__V1__MatchMode mode,
+                           uint32_t top_k, int has_thr, float thr, int64_t deadline,
+                           const char *reply, const char *tp)
 {
     Biomatch__V1__PartialResult o = BIOMATCH__V1__PARTIAL_RESULT__INIT;
     o.job_id = (char *)id;
     o.kind = BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_OPENED;
     o.shard_count = S;
-    o.agency = (char *)"agency-a";
+    o.agency = (char *)agency;
     o.gallery = (char *)"faces";
     o.mode = mode;
     o.top_k = top_k;
@@ -68,10 +70,19 @@ static void send_opened(struct bm_producer *p, const char *topic, const char *id
     th_send_partial(p, topic, &o);
 }
 
-/* A shard partial with candidates "id:score" pairs (probe 0). */
-static void send_shard(struct bm_producer *p, const char *topic, const char *id, uint32_t S,
-                       uint32_t shard, Biomatch__V1__ErrorCode code, uint64_t version,
-                       const char *const *ids, const float *scores, size_t n)
+static void send_opened(struct bm_producer *p, const char *topic, const char *id, uint32_t S,
+                        Biomatch__V1__MatchMode mode, uint32_t top_k, int has_thr, float thr,
+                        int64_t deadline, const char *reply, const char *tp)
+{
+    send_opened_as(p, topic, "agency-a", id, S, mode, top_k, has_thr, thr, deadline, reply, tp);
+}
+
+/* A shard partial of 'agency''s job 'id' with candidates "id:score" pairs
+ * (probe 0), as a worker sends it. */
+static void send_shard_as(struct bm_producer *p, const char *topic, const char *agency,
+                          const char *id, uint32_t S, uint32_t shard,
+                          Biomatch__V1__ErrorCode code, uint64_t version,
+                          const char *const *ids, const float *scores, size_t n)
 {
     Biomatch__V1__Candidate cv[8], *cp[8];
     assert_true(n <= 8);
@@ -85,6 +96,7 @@ static void send_shard(struct bm_producer *p, const char *topic, const char *id,
     }
     Biomatch__V1__PartialResult m = BIOMATCH__V1__PARTIAL_RESULT__INIT;
     m.job_id = (char *)id;
+    m.agency = (char *)agency;
     m.kind = BIOMATCH__V1__PARTIAL_RESULT__KIND__KIND_SHARD;
     m.shard = shard;
     m.shard_count = S;
@@ -100,6 +112,13 @@ static void send_shard(struct bm_producer *p, const char *topic, const char *id,
     m.scoring_us = 20 + shard;
     m.worker = (char *)"w1";
     th_send_partial(p, topic, &m);
+}
+
+static void send_shard(struct bm_producer *p, const char *topic, const char *id, uint32_t S,
+                       uint32_t shard, Biomatch__V1__ErrorCode code, uint64_t version,
+                       const char *const *ids, const float *scores, size_t n)
+{
+    send_shard_as(p, topic, "agency-a", id, S, shard, code, version, ids, scores, n);
 }
 
 static Biomatch__V1__MatchResult *find_result(Biomatch__V1__MatchResult **rs, size_t n,
@@ -182,7 +201,9 @@ static void test_aggregate_rules(void **state)
     for (size_t i = 0; i < n; i++) {
         rs[i] = bm_wire_decode_result(recs[i].value, recs[i].len, 1 << 20, err, sizeof err);
         assert_non_null(rs[i]);
-        assert_string_equal(recs[i].key, rs[i]->job_id);
+        char key[BM_WIRE_JOB_KEY_MAX]; /* results are keyed by (agency, job id) */
+        bm_wire_job_key(rs[i]->agency, rs[i]->job_id, key, sizeof key);
+        assert_string_equal(recs[i].key, key);
         assert_non_null(strstr(recs[i].content_type, "biomatch.v1.MatchResult"));
     }
     Biomatch__V1__MatchResult *r = find_result(rs, n, "job-A");
@@ -247,6 +268,153 @@ static void test_aggregate_rules(void **state)
 
     assert_int_equal(th_stop(&e), BM_OK);
     bm_producer_free(p);
+    th_teardown(&e);
+}
+
+/* Two agencies use the same job id at the same time (label security):
+ * each must get its own result, with its own candidates, on its own reply
+ * topic. Keyed by job id alone, the second marker was taken for a replay
+ * of the first and its shards for duplicates: one agency's job vanished
+ * and the other's answer could carry the wrong candidates. */
+static void test_same_job_id_two_agencies(void **state)
+{
+    (void)state;
+    struct th_env e;
+    th_setup(&e, "aggns", "aggregate");
+    struct topics t;
+    make_topics(&e, &t);
+    char reply_b[256];
+    th_topic(&e, reply_b, sizeof reply_b, "reply-b");
+    th_create(&e, reply_b, 1);
+    char err[512];
+    struct bm_producer *p = bm_producer_new(&e.bus, err, sizeof err);
+    assert_non_null(p);
+    th_start(&e, bm_role_aggregate_run);
+
+    const Biomatch__V1__MatchMode ID = BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY;
+    int64_t far = bm_wall_ms() + 60000;
+    const char *a_ids[] = {"a-subject"}, *b_ids[] = {"b-subject"};
+    const float a_sc[] = {0.9f}, b_sc[] = {0.8f};
+    send_opened_as(p, t.partials, "agency-a", "same-id", 2, ID, 5, 0, 0, far, t.reply, NULL);
+    send_opened_as(p, t.partials, "agency-b", "same-id", 2, ID, 5, 0, 0, far, reply_b, NULL);
+    for (uint32_t s = 0; s < 2; s++) {
+        send_shard_as(p, t.partials, "agency-a", "same-id", 2, s, 0, 1, a_ids, a_sc, s == 0);
+        send_shard_as(p, t.partials, "agency-b", "same-id", 2, s, 0, 1, b_ids, b_sc, s == 1);
+    }
+    assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
+
+    const char *topic[2] = {t.reply, reply_b};
+    const char *agency[2] = {"agency-a", "agency-b"};
+    const char *subject[2] = {"a-subject", "b-subject"};
+    static struct th_rec recs[TH_MAX_RECS];
+    for (int k = 0; k < 2; k++) {
+        size_t n = th_collect(&e, topic[k], 1, 1, 2000, recs, TH_MAX_RECS);
+        if (n != 1)
+            fail_msg("%s: %zu results on its reply topic", agency[k], n);
+        Biomatch__V1__MatchResult *r =
+            bm_wire_decode_result(recs[0].value, recs[0].len, 1 << 20, err, sizeof err);
+        assert_non_null(r);
+        assert_string_equal(r->job_id, "same-id");
+        assert_string_equal(r->agency, agency[k]);
+        assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK);
+        assert_int_equal(r->n_candidates, 1);
+        assert_string_equal(r->candidates[0]->subject_id, subject[k]);
+        /* The result's key is the job's key, (agency, job id). */
+        char key[BM_WIRE_JOB_KEY_MAX];
+        bm_wire_job_key(agency[k], "same-id", key, sizeof key);
+        assert_string_equal(recs[0].key, key);
+        bm_wire_free_result(r);
+        th_free(recs, n);
+    }
+    assert_int_equal(th_stop(&e), BM_OK);
+    bm_producer_free(p);
+    th_teardown(&e);
+}
+
+/* Result minimisation by policy (label security): the aggregator applies
+ * each agency's `results` rules. "lean": at most 2 candidates, ids without
+ * scores, no internal fields; "hitonly": hit/no-hit only; "rounded": one
+ * decimal, internal fields allowed; "plain" (no rules): everything but the
+ * internal fields. Without minimisation every result carried up to top_k
+ * candidates with raw scores, comparisons, versions, shards and timings. */
+static void test_minimised_results(void **state)
+{
+    (void)state;
+    struct th_env e;
+    th_setup(&e, "aggmin", "aggregate");
+    const char *pol =
+        "agencies:\n"
+        "  lean:\n    require_signature: false\n    galleries: {faces: [identify]}\n"
+        "    results: {max_top_k: 2, detail: ids, internal_fields: false}\n"
+        "  hitonly:\n    require_signature: false\n    galleries: {faces: [identify]}\n"
+        "    results: {detail: hit_nohit}\n"
+        "  rounded:\n    require_signature: false\n    galleries: {faces: [identify]}\n"
+        "    results: {score_decimals: 1, internal_fields: true}\n"
+        "  plain:\n    require_signature: false\n    galleries: {faces: [identify]}\n";
+    char path[] = "/tmp/bm-test-minpol-XXXXXX";
+    th_use_policy(&e, path, pol);
+    char err[512];
+    struct topics t;
+    make_topics(&e, &t);
+    struct bm_producer *p = bm_producer_new(&e.bus, err, sizeof err);
+    assert_non_null(p);
+    th_start(&e, bm_role_aggregate_run);
+
+    const char *agencies[] = {"lean", "hitonly", "rounded", "plain"};
+    const char *ids0[] = {"s-1", "s-2"}, *ids1[] = {"s-3"};
+    const float sc0[] = {0.8765f, 0.5432f}, sc1[] = {0.7123f};
+    int64_t far = bm_wall_ms() + 60000;
+    for (int a = 0; a < 4; a++) {
+        send_opened_as(p, t.partials, agencies[a], "mj", 2,
+                       BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY, 5, 0, 0, far, t.reply,
+                       NULL);
+        send_shard_as(p, t.partials, agencies[a], "mj", 2, 0, 0, 7, ids0, sc0, 2);
+        send_shard_as(p, t.partials, agencies[a], "mj", 2, 1, 0, 8, ids1, sc1, 1);
+    }
+    assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
+    static struct th_rec recs[TH_MAX_RECS];
+    size_t n = th_collect(&e, t.reply, 1, 4, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        Biomatch__V1__MatchResult *r =
+            bm_wire_decode_result(recs[i].value, recs[i].len, 1 << 20, err, sizeof err);
+        assert_non_null(r);
+        assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK);
+        assert_true(r->hit);
+        int internal = r->comparisons != 0 || r->gallery_version != 0 ||
+                       r->timings->max_queue_us != 0 || r->timings->max_scoring_us != 0;
+        for (size_t c = 0; c < r->n_candidates; c++)
+            internal |= r->candidates[c]->shard != 0;
+        if (strcmp(r->agency, "lean") == 0) {
+            assert_int_equal(r->n_candidates, 2);
+            assert_string_equal(r->candidates[0]->subject_id, "s-1");
+            assert_string_equal(r->candidates[1]->subject_id, "s-3");
+            assert_true(r->candidates[0]->score == 0.0f && r->candidates[1]->score == 0.0f);
+            assert_int_equal(r->candidates[1]->rank, 2);
+            assert_false(internal);
+        } else if (strcmp(r->agency, "hitonly") == 0) {
+            assert_int_equal(r->n_candidates, 0);
+            assert_false(internal);
+        } else if (strcmp(r->agency, "rounded") == 0) {
+            assert_int_equal(r->n_candidates, 3);
+            assert_true(r->candidates[0]->score == 0.9f);
+            assert_true(r->candidates[1]->score == 0.7f);
+            assert_true(r->candidates[2]->score == 0.5f);
+            assert_int_equal(r->comparisons, 200);
+            assert_int_equal(r->gallery_version, 7);
+            assert_true(internal);
+        } else {
+            assert_string_equal(r->agency, "plain");
+            assert_int_equal(r->n_candidates, 3);
+            assert_true(r->candidates[0]->score == 0.8765f);
+            assert_false(internal);
+        }
+        bm_wire_free_result(r);
+    }
+    th_free(recs, n);
+    assert_int_equal(th_stop(&e), BM_OK);
+    bm_producer_free(p);
+    unlink(path);
     th_teardown(&e);
 }
 
@@ -330,7 +498,9 @@ static size_t distinct_results(struct th_env *e, const char *topic, int want, in
     memset(seen, 0, sizeof *seen * (size_t)nseen);
     for (size_t i = 0; i < n; i++) {
         int k;
-        if (sscanf(recs[i].key, "crash-%d", &k) == 1 && k >= 0 && k < nseen && !seen[k]++)
+        /* Keys are "<agency length>:<agency><job id>" (agency-a here). */
+        if (sscanf(recs[i].key, "8:agency-acrash-%d", &k) == 1 && k >= 0 && k < nseen &&
+            !seen[k]++)
             distinct++;
     }
     th_free(recs, n);
@@ -404,6 +574,8 @@ int main(void)
     bm_log_init("test_aggregate");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_aggregate_rules),
+        cmocka_unit_test(test_same_job_id_two_agencies),
+        cmocka_unit_test(test_minimised_results),
         cmocka_unit_test_teardown(test_aggregate_crash_restart, kill_child),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,6 +26,7 @@
 #include "store/galdef.h"
 #include "store/redis.h"
 #include "wire/decode.h"
+#include "wire/job.h"
 
 #define S 3
 #define R 2
@@ -200,7 +201,9 @@ static void test_intake_stream(void **state)
                                                              err, sizeof err);
         assert_non_null(r);
         assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED);
-        assert_string_equal(recs[i].key, r->job_id);
+        char jkey[BM_WIRE_JOB_KEY_MAX]; /* results are keyed by (agency, job id) */
+        bm_wire_job_key(r->agency, r->job_id, jkey, sizeof jkey);
+        assert_string_equal(recs[i].key, r->job_id[0] ? jkey : "");
         int found = 0;
         for (size_t k = 0; k < nex; k++)
             if (strcmp(ex[k].id, r->job_id) == 0) {
@@ -241,7 +244,9 @@ static void test_intake_stream(void **state)
         assert_int_equal(o->shard_count, S);
         assert_int_equal(o->probe_count, 1);
         assert_string_equal(o->gallery, gallery);
-        assert_string_equal(recs[i].key, o->job_id);
+        char okey[BM_WIRE_JOB_KEY_MAX];
+        bm_wire_job_key(o->agency, o->job_id, okey, sizeof okey);
+        assert_string_equal(recs[i].key, okey);
         assert_true(o->deadline_unix_ms > o->received_unix_ms); /* default filled in */
         if (strcmp(o->job_id, "good-raw") == 0) {
             assert_string_equal(o->traceparent, TP);
@@ -271,7 +276,10 @@ static void test_intake_stream(void **state)
         assert_non_null(t);
         assert_int_equal(t->shard_count, S);
         assert_true(t->replica < R);
-        assert_int_equal(t->replica, bm_subject_key(t->job_id, strlen(t->job_id)) % R);
+        char key[BM_WIRE_JOB_KEY_MAX]; /* the replica follows the job's key */
+        size_t keylen = bm_wire_job_key(t->agency, t->job_id, key, sizeof key);
+        assert_string_equal(recs[i].key, key);
+        assert_int_equal(t->replica, bm_subject_key(key, keylen) % R);
         assert_int_equal(recs[i].partition, (int32_t)(t->shard + S * t->replica));
         assert_int_equal(t->n_probes, 1);
         assert_true(t->deadline_unix_ms > 0);

@@ -75,6 +75,7 @@
 #include "store/redis.h"
 #include "store/subjects.h"
 #include "wire/decode.h"
+#include "wire/job.h"
 #include "wire/shard.h"
 
 #define S 4
@@ -772,8 +773,9 @@ static void on_result(const struct bm_bus_msg *m)
     if (r == NULL)
         fail_msg("undecodable result: %s", err);
     struct job *j = find_job(r->job_id, strlen(r->job_id));
-    if (j == NULL || m->keylen != strlen(r->job_id) ||
-        memcmp(m->key, r->job_id, m->keylen) != 0) {
+    char jkey[BM_WIRE_JOB_KEY_MAX]; /* results are keyed by (agency, job id) */
+    size_t jlen = bm_wire_job_key(r->agency, r->job_id, jkey, sizeof jkey);
+    if (j == NULL || m->keylen != jlen || memcmp(m->key, jkey, m->keylen) != 0) {
         printf("# unexpected result for '%s'\n", r->job_id);
         unexpected++;
         bm_wire_free_result(r);

@@ -30,6 +30,7 @@
 #include "store/galdef.h"
 #include "store/redis.h"
 #include "wire/decode.h"
+#include "wire/job.h"
 
 #define S 2
 #define DIM 64
@@ -98,45 +99,28 @@ static void test_policy_intake(void **state)
     (void)state;
     char err[512];
     /* A fresh signing key; its public half goes into the policy. */
-    char *pem = NULL;
     char pub[BM_POLICY_PUB_B64_LEN];
-    assert_int_equal(bm_signer_keygen(&pem, pub, sizeof pub, err, sizeof err), BM_OK);
-    struct bm_signer *signer = bm_signer_from_pem(pem, strlen(pem), "k1", err, sizeof err);
-    assert_non_null(signer);
-    free(pem);
+    struct bm_signer *signer = bm_test_signer("k1", pub);
 
     struct th_env e;
     th_setup(&e, "policy", "intake");
     put_gallery(&e);
-    char path[] = "/tmp/bm-test-policy-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    assert_non_null(f);
-    fprintf(f,
-            "agencies:\n"
-            "  signer:\n"
-            "    keys:\n"
-            "      k1: \"%s\"\n"
-            "    galleries:\n"
-            "      %s: [identify]\n"
-            "  open:\n"
-            "    require_signature: false\n"
-            "    galleries:\n"
-            "      %s: [verify]\n",
-            pub, gallery, gallery);
-    assert_int_equal(fclose(f), 0);
-    /* Reload the configuration with the policy file set (instead of the
-     * development mode), as the process would from the environment. */
-    snprintf(e.envbuf[7], sizeof e.envbuf[7], "BIOMATCH_SECURITY_POLICY_FILE=%s", path);
-    bm_conf_destroy(e.conf);
-    e.conf = bm_conf_parse(NULL, 0, NULL, e.envp, err, sizeof err);
-    if (e.conf == NULL)
-        fail_msg("conf: %s", err);
+    char path[] = "/tmp/bm-test-policy-XXXXXX", policy[1024];
+    snprintf(policy, sizeof policy,
+             "agencies:\n"
+             "  signer:\n"
+             "    keys:\n"
+             "      k1: \"%s\"\n"
+             "    galleries:\n"
+             "      %s: [identify]\n"
+             "  open:\n"
+             "    require_signature: false\n"
+             "    galleries:\n"
+             "      %s: [verify]\n",
+             pub, gallery, gallery);
+    th_use_policy(&e, path, policy);
     assert_string_equal(e.conf->security.policy_file, path);
     assert_false(e.conf->security.dev_mode);
-    e.ctx.conf = e.conf;
-    e.bus.bootstrap_servers = e.conf->brokers;
 
     char jobs[256], partials[256], results[256], dlq[256], audit[256], tasks[256], victim[256];
     bm_topic_name(jobs, sizeof jobs, e.prefix, BM_TOPIC_JOBS);
@@ -239,15 +223,18 @@ static void test_policy_intake(void **state)
 
     /* Accepted jobs: an opened marker each and S tasks each, once. */
     static struct th_rec recs[TH_MAX_RECS];
-    const char *accepted[] = {"signed", "signed-sr", "open-verify"};
+    const char *accepted[][2] = {{"signer", "signed"}, {"signer", "signed-sr"},
+                                 {"open", "open-verify"}};
     size_t n = th_collect(&e, partials, 1, 3, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 3);
     for (size_t k = 0; k < 3; k++) {
+        char key[BM_WIRE_JOB_KEY_MAX];
+        bm_wire_job_key(accepted[k][0], accepted[k][1], key, sizeof key);
         int seen = 0;
         for (size_t i = 0; i < n; i++)
-            seen += strcmp(accepted[k], recs[i].key) == 0;
+            seen += strcmp(key, recs[i].key) == 0;
         if (seen != 1)
-            fail_msg("job %s opened %d times", accepted[k], seen);
+            fail_msg("job %s opened %d times", accepted[k][1], seen);
     }
     th_free(recs, n);
     n = th_collect(&e, tasks, S, 3 * S, 0, recs, TH_MAX_RECS);
@@ -326,6 +313,102 @@ static void test_policy_intake(void **state)
     th_teardown(&e);
 }
 
+/* The agency's result rules bind every job (label security): at most its
+ * max_top_k, and a threshold of at least its min_threshold. */
+static void test_policy_result_rules(void **state)
+{
+    (void)state;
+    char err[512];
+    char pub[BM_POLICY_PUB_B64_LEN];
+    struct bm_signer *signer = bm_test_signer("k1", pub);
+    struct th_env e;
+    th_setup(&e, "polrules", "intake");
+    put_gallery(&e);
+    char path[] = "/tmp/bm-test-policy-XXXXXX", policy[512];
+    snprintf(policy, sizeof policy,
+             "agencies:\n"
+             "  lim:\n"
+             "    keys:\n      k1: \"%s\"\n"
+             "    galleries:\n      %s: [identify]\n"
+             "    results:\n      max_top_k: 2\n      min_threshold: 0.5\n",
+             pub, gallery);
+    th_use_policy(&e, path, policy);
+    char jobs[256], partials[256], results[256], dlq[256], audit[256], tasks[256];
+    bm_topic_name(jobs, sizeof jobs, e.prefix, BM_TOPIC_JOBS);
+    bm_topic_name(partials, sizeof partials, e.prefix, BM_TOPIC_PARTIALS);
+    bm_topic_name(results, sizeof results, e.prefix, BM_TOPIC_RESULTS);
+    bm_topic_name(dlq, sizeof dlq, e.prefix, BM_TOPIC_DLQ);
+    bm_topic_name(audit, sizeof audit, e.prefix, BM_TOPIC_AUDIT);
+    bm_topic_tasks(tasks, sizeof tasks, e.prefix, gallery);
+    const char *topics[] = {jobs, partials, results, dlq, audit};
+    for (int i = 0; i < 5; i++)
+        th_create(&e, topics[i], 1);
+    th_create(&e, tasks, S);
+    struct bm_producer *p = bm_producer_new(&e.bus, err, sizeof err);
+    assert_non_null(p);
+    struct {
+        const char *id;
+        uint32_t top_k;
+        int has_thr;
+        float thr;
+        Biomatch__V1__ErrorCode code;
+    } cases[] = {
+        {"big-k", 3, 1, 0.6f, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_TOP_K},
+        {"no-thr", 2, 0, 0, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE},
+        {"low-thr", 2, 1, 0.4f, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_INVALID_VALUE},
+        {"within", 2, 1, 0.5f, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE},
+    };
+    int64_t now = bm_wall_ms();
+    for (size_t i = 0; i < 4; i++) {
+        size_t len;
+        uint8_t *b = make_job(cases[i].id, "lim", BIOMATCH__V1__MATCH_MODE__MATCH_MODE_IDENTIFY,
+                              &len);
+        Biomatch__V1__MatchJob *j = bm_wire_decode_job(b, len, 1 << 20, err, sizeof err);
+        assert_non_null(j);
+        free(b);
+        j->top_k = cases[i].top_k;
+        j->has_threshold = cases[i].has_thr;
+        j->threshold = cases[i].thr;
+        b = bm_wire_encode(&j->base, &len);
+        bm_wire_free_job(j);
+        char sig[BM_POLICY_SIG_MAX];
+        sign_job(signer, jobs, cases[i].id, b, len, "lim", cases[i].id, now, sig);
+        send_job(p, jobs, cases[i].id, b, len, sig);
+        free(b);
+    }
+    assert_int_equal(bm_producer_flush(p, TH_WAIT_MS), BM_OK);
+    th_start(&e, bm_role_intake_run);
+    static struct th_rec recs[TH_MAX_RECS];
+    size_t n = th_collect(&e, results, 1, 3, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        Biomatch__V1__MatchResult *r =
+            bm_wire_decode_result(recs[i].value, recs[i].len, 1 << 20, err, sizeof err);
+        assert_non_null(r);
+        int found = 0;
+        for (size_t k = 0; k < 4; k++)
+            if (strcmp(cases[k].id, r->job_id) == 0) {
+                assert_int_equal(r->error_code, cases[k].code);
+                assert_int_not_equal(cases[k].code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_NONE);
+                found = 1;
+            }
+        assert_true(found);
+        bm_wire_free_result(r);
+    }
+    th_free(recs, n);
+    n = th_collect(&e, partials, 1, 1, 0, recs, TH_MAX_RECS);
+    assert_int_equal(n, 1);
+    char key[BM_WIRE_JOB_KEY_MAX];
+    bm_wire_job_key("lim", "within", key, sizeof key);
+    assert_string_equal(recs[0].key, key);
+    th_free(recs, n);
+    assert_int_equal(th_stop(&e), BM_OK);
+    bm_producer_free(p);
+    bm_signer_destroy(signer);
+    unlink(path);
+    th_teardown(&e);
+}
+
 /* Without a policy and without development mode the role refuses to start;
  * in development mode it runs and says so in a metric. */
 static void test_no_policy(void **state)
@@ -371,18 +454,7 @@ static void test_policy_bad_file(void **state)
     struct th_env e;
     th_setup(&e, "policybad", "intake");
     char path[] = "/tmp/bm-test-policy-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    const char *bad = "agencies:\n  a:\n    galeries: {}\n";
-    assert_int_equal(write(fd, bad, strlen(bad)), (ssize_t)strlen(bad));
-    close(fd);
-    snprintf(e.envbuf[7], sizeof e.envbuf[7], "BIOMATCH_SECURITY_POLICY_FILE=%s", path);
-    char err[512];
-    bm_conf_destroy(e.conf);
-    e.conf = bm_conf_parse(NULL, 0, NULL, e.envp, err, sizeof err);
-    assert_non_null(e.conf);
-    e.ctx.conf = e.conf;
-    e.bus.bootstrap_servers = e.conf->brokers;
+    th_use_policy(&e, path, "agencies:\n  a:\n    galeries: {}\n");
     assert_int_not_equal(bm_role_intake_run(&e.ctx), BM_OK);
     unlink(path);
     th_teardown(&e);
@@ -395,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_policy_intake),
         cmocka_unit_test(test_policy_bad_file),
         cmocka_unit_test(test_no_policy),
+        cmocka_unit_test(test_policy_result_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

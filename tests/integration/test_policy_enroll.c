@@ -81,6 +81,54 @@ static void send_signed(struct gt *g, const char *key, const uint8_t *val, size_
                      BM_OK);
 }
 
+/* Run g's coordinator under 'policy' (YAML text): written next to its
+ * configuration, which names it. */
+static void gt_use_policy(struct gt *g, const char *policy)
+{
+    snprintf(policy_path, sizeof policy_path, "%s.policy.yaml", g->config);
+    FILE *f = fopen(policy_path, "w");
+    assert_non_null(f);
+    fputs(policy, f);
+    assert_int_equal(fclose(f), 0);
+    f = fopen(g->config, "a");
+    assert_non_null(f);
+    fprintf(f, "security:\n  policy_file: \"%s\"\n", policy_path);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Read g's reply topic: every record must be a REJECTED EnrollResult for
+ * 'subject' with 'code'. Waits (bounded) for 'want' of them and 2 s more
+ * for any extra; returns how many arrived. */
+static int expect_rejections(struct gt *g, const char *subject, Biomatch__V1__ErrorCode code,
+                             int want)
+{
+    char err[512];
+    struct bm_bus_conf bc = gt_bus();
+    struct bm_consumer *c = bm_consumer_new(&bc, NULL, NULL, NULL, err, sizeof err);
+    assert_non_null(c);
+    struct bm_bus_tp tp = {g->t_reply, 0, BM_OFFSET_BEGINNING};
+    assert_int_equal(bm_consumer_assign(c, &tp, 1, err, sizeof err), BM_OK);
+    int n = 0;
+    long long end = bm_test_now_ms() + GT_WAIT_MS;
+    while (bm_test_now_ms() < end) {
+        struct bm_bus_msg *m = NULL;
+        if (bm_consumer_poll(c, 200, &m, err, sizeof err) != BM_OK || m == NULL)
+            continue;
+        Biomatch__V1__EnrollResult *r =
+            bm_wire_decode_enroll_result(m->value, m->valuelen, 1 << 20, err, sizeof err);
+        assert_non_null(r);
+        if (r->status != BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED ||
+            strcmp(r->subject_id, subject) != 0 || r->error_code != code)
+            fail_msg("unexpected reply for %s: %d %s", r->subject_id, r->error_code, r->error);
+        bm_wire_free_enroll_result(r);
+        bm_bus_msg_free(m);
+        if (++n == want)
+            end = bm_test_now_ms() + 2000;
+    }
+    bm_consumer_free(c);
+    return n;
+}
+
 /* Read up to 'want' records of partition 0 of 'topic' (bounded wait);
  * with 'codes', each record's error code name (from its error header, ""
  * without one). Returns how many arrived. */
@@ -115,42 +163,28 @@ static int read_records(const char *topic, int want, char codes[][512])
 static void test_enroll_policy(void **state)
 {
     (void)state;
-    char err[512];
-    char *pem = NULL;
     char pub[BM_POLICY_PUB_B64_LEN], pub2[BM_POLICY_PUB_B64_LEN];
-    assert_int_equal(bm_signer_keygen(&pem, pub, sizeof pub, err, sizeof err), BM_OK);
-    struct bm_signer *signer = bm_signer_from_pem(pem, strlen(pem), "k1", err, sizeof err);
-    assert_non_null(signer);
-    free(pem);
-    assert_int_equal(bm_signer_keygen(&pem, pub2, sizeof pub2, err, sizeof err), BM_OK);
-    struct bm_signer *other = bm_signer_from_pem(pem, strlen(pem), "o1", err, sizeof err);
-    assert_non_null(other);
-    free(pem);
+    struct bm_signer *signer = bm_test_signer("k1", pub);
+    struct bm_signer *other = bm_test_signer("o1", pub2);
 
     struct gt g;
     gt_setup(&g, 1, 16 << 20, 200);
     gallery = g.gallery;
-    snprintf(policy_path, sizeof policy_path, "%s.policy.yaml", g.config);
-    FILE *f = fopen(policy_path, "w");
-    assert_non_null(f);
-    fprintf(f,
-            "agencies:\n"
-            "  test-agency:\n"
-            "    keys:\n"
-            "      k1: \"%s\"\n"
-            "    galleries:\n"
-            "      %s: [enroll]\n"
-            "  other:\n"
-            "    keys:\n"
-            "      o1: \"%s\"\n"
-            "    galleries:\n"
-            "      \"*\": [enroll, delete]\n",
-            pub, g.gallery, pub2);
-    assert_int_equal(fclose(f), 0);
-    f = fopen(g.config, "a");
-    assert_non_null(f);
-    fprintf(f, "security:\n  policy_file: \"%s\"\n", policy_path);
-    assert_int_equal(fclose(f), 0);
+    char policy[1024];
+    snprintf(policy, sizeof policy,
+             "agencies:\n"
+             "  test-agency:\n"
+             "    keys:\n"
+             "      k1: \"%s\"\n"
+             "    galleries:\n"
+             "      %s: [enroll]\n"
+             "  other:\n"
+             "    keys:\n"
+             "      o1: \"%s\"\n"
+             "    galleries:\n"
+             "      \"*\": [enroll, delete]\n",
+             pub, g.gallery, pub2);
+    gt_use_policy(&g, policy);
     gt_start(&g);
 
     const int UP = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT;
@@ -195,30 +229,9 @@ static void test_enroll_policy(void **state)
     gt_flush(&g);
 
     /* The authenticated agency's denial: on its reply topic. */
-    struct bm_bus_conf bc = gt_bus();
-    struct bm_consumer *c = bm_consumer_new(&bc, NULL, NULL, NULL, err, sizeof err);
-    assert_non_null(c);
-    struct bm_bus_tp tp = {g.t_reply, 0, BM_OFFSET_BEGINNING};
-    assert_int_equal(bm_consumer_assign(c, &tp, 1, err, sizeof err), BM_OK);
-    int n = 0;
-    long long end = bm_test_now_ms() + GT_WAIT_MS;
-    while (bm_test_now_ms() < end && (n == 0 || bm_test_now_ms() < end - GT_WAIT_MS + 3000)) {
-        struct bm_bus_msg *m = NULL;
-        if (bm_consumer_poll(c, 200, &m, err, sizeof err) != BM_OK || m == NULL)
-            continue;
-        Biomatch__V1__EnrollResult *r =
-            bm_wire_decode_enroll_result(m->value, m->valuelen, 1 << 20, err, sizeof err);
-        assert_non_null(r);
-        assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_REJECTED);
-        if (strcmp(r->subject_id, "signed-delete") != 0 ||
-            r->error_code != BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED)
-            fail_msg("unexpected reply for %s: %d %s", r->subject_id, r->error_code, r->error);
-        bm_wire_free_enroll_result(r);
-        bm_bus_msg_free(m);
-        n++;
-    }
-    bm_consumer_free(c);
-    assert_int_equal(n, 1);
+    assert_int_equal(expect_rejections(&g, "signed-delete",
+                                       BIOMATCH__V1__ERROR_CODE__ERROR_CODE_UNAUTHORIZED, 1),
+                     1);
 
     /* Authentication failures and replays: dlq only. */
     char codes[8][512];
@@ -254,10 +267,87 @@ static void test_enroll_policy(void **state)
     bm_signer_destroy(other);
 }
 
+/* Subject ownership (label security): agency "owner" enrolls s1 and s2;
+ * agency "rival", granted enroll and delete on the same gallery, tries to
+ * overwrite s1 with its own template (which would let it be matched as
+ * that person) and to delete s1: both FORBIDDEN, s1 keeps owner's
+ * template. Agency "steward" holds the admin right on the gallery and may
+ * delete s2; rival's own subject s3 lands. */
+static void test_enroll_ownership(void **state)
+{
+    (void)state;
+    struct bm_signer *k[3];
+    char pub[3][BM_POLICY_PUB_B64_LEN];
+    const char *ids[3] = {"ko", "kr", "ks"};
+    for (int i = 0; i < 3; i++)
+        k[i] = bm_test_signer(ids[i], pub[i]);
+    struct gt g;
+    gt_setup(&g, 1, 16 << 20, 200);
+    gallery = g.gallery;
+    char policy[1024];
+    snprintf(policy, sizeof policy,
+             "agencies:\n"
+             "  owner:\n    keys:\n      ko: \"%s\"\n    galleries:\n      %s: [enroll, delete]\n"
+             "  rival:\n    keys:\n      kr: \"%s\"\n    galleries:\n      %s: [enroll, delete]\n"
+             "  steward:\n    keys:\n      ks: \"%s\"\n    galleries:\n      %s: [delete, admin]\n",
+             pub[0], g.gallery, pub[1], g.gallery, pub[2], g.gallery);
+    gt_use_policy(&g, policy);
+    gt_start(&g);
+
+    const int UP = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_UPSERT;
+    const int DEL = BIOMATCH__V1__ENROLL_REQUEST__OP__OP_DELETE;
+    struct {
+        int who;
+        const char *subject, *rid;
+        int op;
+        uint64_t seed;
+    } steps[] = {
+        {0, "s1", "o-1", UP, 1},  {0, "s2", "o-2", UP, 2},   {1, "s1", "r-1", UP, 9},
+        {1, "s1", "r-2", DEL, 0}, {2, "s2", "st-1", DEL, 0}, {1, "s3", "r-3", UP, 3},
+    };
+    const char *agency[3] = {"owner", "rival", "steward"};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        size_t len;
+        char sig[BM_POLICY_SIG_MAX];
+        uint8_t *b = make_req_id(agency[steps[i].who], steps[i].subject, steps[i].rid,
+                                 steps[i].op, steps[i].seed, g.t_reply, &len);
+        sign_req(k[steps[i].who], &g, steps[i].subject, b, len, agency[steps[i].who],
+                 steps[i].rid, sig);
+        send_signed(&g, steps[i].subject, b, len, sig);
+        free(b);
+        gt_flush(&g); /* in order across subjects too */
+    }
+
+    /* Two refusals, both FORBIDDEN, both rival's on s1. */
+    assert_int_equal(
+        expect_rejections(&g, "s1", BIOMATCH__V1__ERROR_CODE__ERROR_CODE_FORBIDDEN, 2), 2);
+
+    /* s1 with owner's template, s2 deleted by the steward, s3 rival's. */
+    gt_wait_total(&g, 2, GT_WAIT_MS);
+    struct gt_view v;
+    assert_int_equal(gt_view_read(&g, 0, &v), 0);
+    const struct gt_row *s1 = gt_view_find(&v, "s1");
+    assert_non_null(s1);
+    uint8_t row[512];
+    float scale;
+    gt_expected_row(&g, 1, row, &scale);
+    assert_memory_equal(s1->row, row, 512);
+    assert_null(gt_view_find(&v, "s2"));
+    assert_non_null(gt_view_find(&v, "s3"));
+    gt_view_free(&v);
+
+    assert_int_equal(gt_stop(&g, SIGTERM), 0);
+    gt_teardown(&g);
+    unlink(policy_path);
+    for (int i = 0; i < 3; i++)
+        bm_signer_destroy(k[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_enroll_policy),
+        cmocka_unit_test(test_enroll_ownership),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -44,6 +44,7 @@
 #include "store/redis.h"
 #include "store/segment.h"
 #include "wire/decode.h"
+#include "wire/job.h"
 #include "wire/shard.h"
 
 #define S 2
@@ -364,8 +365,10 @@ static void await_answers(size_t from, size_t to, int timeout_ms)
         assert_non_null(pr);
         struct job *j = job_by_id(pr->job_id, strlen(pr->job_id));
         assert_non_null(j);
-        assert_int_equal(m->keylen, strlen(j->id));
-        assert_memory_equal(m->key, j->id, m->keylen);
+        char jkey[BM_WIRE_JOB_KEY_MAX]; /* partials are keyed by (agency, job id) */
+        size_t jlen = bm_wire_job_key(pr->agency, j->id, jkey, sizeof jkey);
+        assert_int_equal(m->keylen, jlen);
+        assert_memory_equal(m->key, jkey, m->keylen);
         char tp[128];
         j->traceparent_ok = bm_bus_header_get_str(m->headers, m->nheaders, BM_HDR_TRACEPARENT,
                                                   tp, sizeof tp) == BM_OK &&

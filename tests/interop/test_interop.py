@@ -307,8 +307,13 @@ def main():
                 r.ParseFromString(m.value())
                 if r.job_id in want and r.job_id not in got:
                     got[r.job_id] = (r, dict(m.headers() or []))
-                    need(m.key() == r.job_id.encode(),
-                         f"result of {r.job_id!r} keyed {m.key()!r}: results are keyed by job_id")
+                    # The job key (docs/wire.md section 1): job ids are
+                    # namespaced by agency, "<len(agency)>:<agency><job_id>".
+                    agency = r.agency.encode()
+                    want_key = b"%d:" % len(agency) + agency + r.job_id.encode()
+                    need(m.key() == want_key,
+                         f"result of {r.job_id!r} keyed {m.key()!r}: results are keyed by "
+                         f"the job key {want_key!r}")
             return got
 
         # Warm-up: the worker follows new manifest versions within a moment

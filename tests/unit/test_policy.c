@@ -159,7 +159,7 @@ static void test_parse_errors(void **state)
     expect_error("agency:\n  a: {}\n", "test.yaml:1: unknown key 'agency'");
     expect_error("agencies:\n  a:\n    galleries:\n      g1: [search]\n",
                  "test.yaml:4: 'agencies.a.galleries.g1': operations are identify, verify, "
-                 "enroll, delete, not 'search'");
+                 "enroll, delete, admin, not 'search'");
     expect_error("agencies:\n  a:\n    galleries:\n      g1: [identify, identify]\n",
                  "duplicate operation 'identify'");
     expect_error("agencies:\n  a:\n    galleries: {}\n  a:\n    galleries: {}\n",
@@ -462,6 +462,58 @@ static void test_known_answer(void **state)
     bm_policy_destroy(p);
 }
 
+/* The `results` map and the admin operation: parsed values, secure
+ * defaults for a listed agency, everything for development mode. */
+static void test_results_rules(void **state)
+{
+    (void)state;
+    const char *yaml = "agencies:\n"
+                       "  a:\n    require_signature: false\n    galleries: {g: [enroll, admin]}\n"
+                       "    results: {max_top_k: 5, min_threshold: -0.5, detail: hit_nohit,\n"
+                       "              score_decimals: 3, internal_fields: true}\n"
+                       "  b:\n    require_signature: false\n    galleries: {g: [enroll]}\n";
+    struct bm_policy *p = bm_policy_parse(yaml, strlen(yaml), "r.yaml", err, sizeof err);
+    if (p == NULL)
+        fail_msg("%s", err);
+    struct bm_policy_results r;
+    bm_policy_results(p, "a", &r);
+    assert_int_equal(r.max_top_k, 5);
+    assert_true(r.has_min_threshold && r.min_threshold == -0.5f);
+    assert_int_equal(r.detail, BM_POLICY_DETAIL_HIT_NOHIT);
+    assert_int_equal(r.score_decimals, 3);
+    assert_true(r.internal_fields);
+    bm_policy_results(p, "b", &r);
+    assert_int_equal(r.max_top_k, 0);
+    assert_false(r.has_min_threshold);
+    assert_int_equal(r.detail, BM_POLICY_DETAIL_IDS_SCORES);
+    assert_int_equal(r.score_decimals, -1);
+    assert_false(r.internal_fields);
+    bm_policy_results(NULL, "a", &r);
+    assert_true(r.internal_fields);
+    char why[128];
+    assert_int_equal(bm_policy_permit(p, "a", "g", BM_POLICY_OP_ADMIN, why, sizeof why),
+                     BM_POLICY_ALLOW);
+    assert_int_equal(bm_policy_permit(p, "b", "g", BM_POLICY_OP_ADMIN, why, sizeof why),
+                     BM_POLICY_UNAUTHORIZED);
+    bm_policy_destroy(p);
+    const char *head = "agencies:\n  a:\n    require_signature: false\n    galleries: {}\n"
+                       "    results:\n";
+    const char *bad[][2] = {
+        {"      max_top_k: 0\n", "max_top_k' must be an integer 1..1000"},
+        {"      max_top_k: 2.5\n", "max_top_k' must be an integer 1..1000"},
+        {"      min_threshold: high\n", "min_threshold' must be a number"},
+        {"      detail: everything\n", "detail' must be hit_nohit, ids or ids_scores"},
+        {"      score_decimals: 7\n", "score_decimals' must be an integer 0..6"},
+        {"      internal_fields: yes\n", "internal_fields' must be true or false"},
+        {"      detial: ids\n", "unknown key 'agencies.a.results.detial'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char y[512];
+        snprintf(y, sizeof y, "%s%s", head, bad[i][0]);
+        expect_error(y, bad[i][1]);
+    }
+}
+
 static void test_signer_errors(void **state)
 {
     (void)state;
@@ -493,6 +545,7 @@ int main(void)
         cmocka_unit_test(test_parse_good),      cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_parse_bad_keys),  cmocka_unit_test(test_decisions),
         cmocka_unit_test(test_signatures),      cmocka_unit_test(test_known_answer),
+        cmocka_unit_test(test_results_rules),
         cmocka_unit_test(test_signer_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
