@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
@@ -40,6 +39,7 @@
 #include "conf/policy.h"
 #include "conf/topics.h"
 #include "matchjob.h"
+#include "childproc.h"
 #include "store/galdef.h"
 #include "store/redis.h"
 #include "up.h"
@@ -53,8 +53,6 @@
 #define IRIS_DEFAULT_SHARDS 2
 #define FACE_DEFAULT_SHARDS 4
 #define CLI_UP_MOCK_FETCH_WAIT_MS 10
-
-extern char **environ;
 
 static volatile sig_atomic_t g_stop;
 
@@ -146,69 +144,40 @@ int cli_http_status(int port, const char *path, int timeout_ms)
     return code;
 }
 
-/* The environment of a child: ours without the BIOMATCH_* settings that
- * would override the generated configuration (the test harness exports
- * BIOMATCH_KAFKA_BROKERS, for one), plus 'extra'. Built before fork, since
- * the child of a multithreaded process may only call async-signal-safe
- * functions. The array and strings are malloc'd; freed by env_free. */
-static char **child_env(const char *const *extra, size_t nextra)
+/* Which of our environment variables a child gets: not the BIOMATCH_*
+ * settings that would override the generated configuration (the test
+ * harness exports BIOMATCH_KAFKA_BROKERS, for one), except these. */
+static int child_keeps(const char *entry)
 {
     static const char *const keep[] = { "BIOMATCH_SIMD=", "BIOMATCH_LOG_LEVEL=",
                                         "BIOMATCH_WORKER_THREADS=" };
-    size_t n = 0;
-    while (environ[n] != NULL)
-        n++;
-    char **e = calloc(n + nextra + 1, sizeof *e);
-    if (e == NULL)
-        return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        int drop = strncmp(environ[i], "BIOMATCH_", 9) == 0;
-        for (size_t j = 0; drop && j < sizeof keep / sizeof keep[0]; j++)
-            if (strncmp(environ[i], keep[j], strlen(keep[j])) == 0)
-                drop = 0;
-        if (!drop)
-            e[k++] = environ[i];
-    }
-    for (size_t i = 0; i < nextra; i++)
-        e[k++] = (char *)extra[i];
-    e[k] = NULL;
-    return e;
+    if (strncmp(entry, "BIOMATCH_", 9) != 0)
+        return 1;
+    for (size_t j = 0; j < sizeof keep / sizeof keep[0]; j++)
+        if (strncmp(entry, keep[j], strlen(keep[j])) == 0)
+            return 1;
+    return 0;
 }
 
-/* Start 'argv' (argv[0] a path) with stdout/stderr to ch->log. */
+/* The environment of a child: ours as child_keeps filters it, plus
+ * 'extra' (bm_spawn_env; free() it). */
+static char **child_env(const char *const *extra, size_t nextra)
+{
+    return bm_spawn_env(extra, nextra, child_keeps);
+}
+
+/* Start 'argv' (argv[0] a path) with stdout/stderr to ch->log, in its own
+ * process group (Ctrl-C reaches only us; we stop the children in order),
+ * sent SIGTERM if we die. */
 static int spawn(struct child *ch, char *const argv[], char **envp)
 {
-    int logfd = open(ch->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (logfd < 0) {
-        fprintf(stderr, "biomatch: %s: %s\n", ch->log, strerror(errno));
-        return -1;
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    char err[256];
+    struct bm_spawn_opts o = { .log_path = ch->log, .new_group = 1, .death_signal = SIGTERM };
+    pid_t pid = bm_spawn(argv, envp, &o, err, sizeof err);
     if (pid < 0) {
-        fprintf(stderr, "biomatch: fork: %s\n", strerror(errno));
-        close(logfd);
+        fprintf(stderr, "biomatch: %s\n", err);
         return -1;
     }
-    if (pid == 0) {
-        /* Async-signal-safe calls only from here to exec. */
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(127);
-        int nul = open("/dev/null", O_RDONLY);
-        if (nul >= 0)
-            dup2(nul, 0);
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-        execve(argv[0], argv, envp);
-        static const char msg[] = "biomatch up: exec failed\n";
-        ssize_t w = write(2, msg, sizeof msg - 1);
-        (void)w;
-        _exit(127);
-    }
-    close(logfd);
     ch->pid = pid;
     return 0;
 }
@@ -661,20 +630,7 @@ static int bin_dir(char *out, size_t len)
         snprintf(out, len, "%s", env);
         return 0;
     }
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0)
-        return -1;
-    self[n] = '\0';
-    char *slash = strrchr(self, '/');
-    if (slash == NULL)
-        return -1;
-    *slash = '\0';
-    size_t n2 = strlen(self);
-    if (n2 >= len)
-        return -1;
-    memcpy(out, self, n2 + 1);
-    return 0;
+    return bm_spawn_self_dir(out, len);
 }
 
 int cli_up(int argc, char **argv)

@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 
 #include "coord_helpers.h"
+#include "childproc.h"
 #include "wire/decode.h"
 #include "wire/job.h"
 
@@ -451,24 +452,21 @@ static int kill_child(void **state)
 static pid_t spawn_coordinator(struct th_env *e)
 {
     const char *cfg = write_config();
-    char exe[4096];
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 64);
-    assert_true(k > 0);
-    exe[k] = '\0';
-    char *slash = strrchr(exe, '/');
-    assert_non_null(slash);
-    snprintf(slash, 64, "/../bin/biomatch-coordinator");
-    if (access(exe, X_OK) != 0)
-        fail_msg("%s not built", exe);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        for (int i = 0; e->envp[i]; i++)
-            putenv((char *)e->envp[i]);
-        putenv((char *)"BIOMATCH_LOG_LEVEL=warn");
-        execl(exe, exe, "--config", cfg, (char *)NULL);
-        _exit(127);
-    }
+    char exe[4096], err[256];
+    if (bm_spawn_sibling(exe, sizeof exe, "../bin", "biomatch-coordinator") != 0)
+        fail_msg("biomatch-coordinator not built");
+    const char *extra[10];
+    size_t n = 0;
+    for (int i = 0; e->envp[i] && n < 9; i++)
+        extra[n++] = e->envp[i];
+    extra[n++] = "BIOMATCH_LOG_LEVEL=warn";
+    char **env = bm_spawn_env(extra, n, NULL);
+    assert_non_null(env);
+    char *argv[] = {exe, (char *)"--config", (char *)cfg, NULL};
+    pid_t pid = bm_spawn(argv, env, NULL, err, sizeof err);
+    free(env);
+    if (pid < 0)
+        fail_msg("start %s: %s", exe, err);
     child = pid;
     return pid;
 }

@@ -38,6 +38,8 @@
 #include "wire/shard.h"
 #include "wire/template.h"
 
+#include "childproc.h"
+
 #define GT_WAIT_MS 30000
 
 struct gt {
@@ -162,19 +164,14 @@ static __attribute__((unused)) void gt_start(struct gt *g)
         atexit(gt_kill_child);
         registered = 1;
     }
-    char self[PATH_MAX], bin[PATH_MAX + 64];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    assert_true(n > 0);
-    self[n] = '\0';
-    snprintf(bin, sizeof bin, "%s/../bin/biomatch-coordinator", dirname(self));
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        /* The file's addresses are the same as the environment's. */
-        char *args[] = {bin, (char *)"--config", g->config, NULL};
-        execv(bin, args);
-        _exit(127);
-    }
+    char bin[PATH_MAX + 64], err[256];
+    if (bm_spawn_sibling(bin, sizeof bin, "../bin", "biomatch-coordinator") != 0)
+        fail_msg("biomatch-coordinator not found next to the tests: build it");
+    /* The file's addresses are the same as the environment's. */
+    char *args[] = {bin, (char *)"--config", g->config, NULL};
+    pid_t pid = bm_spawn(args, NULL, NULL, err, sizeof err);
+    if (pid < 0)
+        fail_msg("start %s: %s", bin, err);
     g->pid = pid;
     gt_child = pid;
 }
@@ -186,22 +183,15 @@ static __attribute__((unused)) int gt_stop(struct gt *g, int sig)
     if (g->pid <= 0)
         return -1;
     kill(g->pid, sig);
-    int st = 0;
-    for (int i = 0; i < 600; i++) {
-        pid_t r = waitpid(g->pid, &st, WNOHANG);
-        if (r == g->pid) {
-            g->pid = -1;
-            gt_child = -1;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        gt_sleep_ms(100);
-    }
-    kill(g->pid, SIGKILL);
-    waitpid(g->pid, &st, 0);
+    int st = bm_spawn_wait(g->pid, 60000);
+    int stopped = st != -1;
+    if (!stopped)
+        bm_spawn_stop(g->pid, SIGKILL, 0);
     g->pid = -1;
     gt_child = -1;
-    fail_msg("coordinator did not stop within 60 s");
-    return -1;
+    if (!stopped)
+        fail_msg("coordinator did not stop within 60 s");
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 static __attribute__((unused)) void gt_teardown(struct gt *g)

@@ -59,26 +59,19 @@ static void kill_worker_at_exit(void)
 
 static void start_worker(void)
 {
-    char self[PATH_MAX], bin[PATH_MAX + 64];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    assert_true(n > 0);
-    self[n] = '\0';
-    snprintf(bin, sizeof bin, "%s/biomatch-worker-fault", dirname(self)); /* build/tests */
-    pid_t pid = fork();
-    assert_true(pid > 0 || pid == 0);
-    if (pid == 0) {
-        char off[32];
-        snprintf(off, sizeof off, "%lld", (long long)clock_offset_ms);
-        setenv("BIOMATCH_FAULT_CLOCK_OFFSET_MS", off, 1);
-        FILE *lf = fopen(wlog, "a");
-        if (lf != NULL) {
-            dup2(fileno(lf), 2);
-            dup2(fileno(lf), 1);
-        }
-        char *args[] = {bin, (char *)"--config", wconfig, NULL};
-        execv(bin, args);
-        _exit(127);
-    }
+    char bin[PATH_MAX + 64], off[64], err[256];
+    if (bm_spawn_sibling(bin, sizeof bin, ".", "biomatch-worker-fault") != 0) /* build/tests */
+        fail_msg("biomatch-worker-fault not found next to the tests: build it");
+    snprintf(off, sizeof off, "BIOMATCH_FAULT_CLOCK_OFFSET_MS=%lld", (long long)clock_offset_ms);
+    const char *extra[] = {off};
+    char **env = bm_spawn_env(extra, 1, NULL);
+    assert_non_null(env);
+    char *args[] = {bin, (char *)"--config", wconfig, NULL};
+    struct bm_spawn_opts o = {.log_path = wlog};
+    pid_t pid = bm_spawn(args, env, &o, err, sizeof err);
+    free(env);
+    if (pid < 0)
+        fail_msg("start %s: %s", bin, err);
     worker = pid;
 }
 

@@ -47,6 +47,8 @@
 #include "wire/job.h"
 #include "wire/shard.h"
 
+#include "childproc.h"
+
 #define S 2
 #define R 2
 #define DIM 64
@@ -475,41 +477,31 @@ static void check_identify(const struct job *j)
 
 static void start_worker(void)
 {
-    char node[32];
-    snprintf(node, sizeof node, "test-worker-%d", ++worker_seq);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setenv("BIOMATCH_NODE_ID", node, 1);
-        execl(worker_bin, worker_bin, "--config", config_path, (char *)NULL);
-        fprintf(stderr, "exec %s: %s\n", worker_bin, strerror(errno));
-        _exit(127);
-    }
-    worker_pid = pid;
+    char node[48], err[256];
+    snprintf(node, sizeof node, "BIOMATCH_NODE_ID=test-worker-%d", ++worker_seq);
+    const char *extra[] = {node};
+    char **env = bm_spawn_env(extra, 1, NULL);
+    assert_non_null(env);
+    char *argv[] = {worker_bin, (char *)"--config", config_path, NULL};
+    worker_pid = bm_spawn(argv, env, NULL, err, sizeof err);
+    free(env);
+    if (worker_pid < 0)
+        fail_msg("start %s: %s", worker_bin, err);
 }
 
 /* Wait for the worker to exit; returns its wait status or -1 on timeout. */
 static int wait_worker(int timeout_ms)
 {
-    int64_t end = bm_test_now_ms() + timeout_ms;
-    while (bm_test_now_ms() < end) {
-        int st = 0;
-        pid_t r = waitpid(worker_pid, &st, WNOHANG);
-        if (r == worker_pid) {
-            worker_pid = -1;
-            return st;
-        }
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    return -1;
+    int st = bm_spawn_wait(worker_pid, timeout_ms);
+    if (st != -1)
+        worker_pid = -1;
+    return st;
 }
 
 static void kill_worker(void)
 {
     if (worker_pid > 0) {
-        kill(worker_pid, SIGKILL);
-        waitpid(worker_pid, NULL, 0);
+        bm_spawn_stop(worker_pid, SIGKILL, 0);
         worker_pid = -1;
     }
 }
@@ -522,16 +514,8 @@ static void find_worker_bin(void)
         return;
     }
     /* The test binary lives in <build>/tests; the worker in <build>/bin. */
-    char self[PATH_MAX - 64];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    assert_true(n > 0);
-    self[n] = '\0';
-    char *slash = strrchr(self, '/');
-    assert_non_null(slash);
-    *slash = '\0';
-    snprintf(worker_bin, sizeof worker_bin, "%s/../bin/biomatch-worker", self);
-    if (access(worker_bin, X_OK) != 0)
-        fail_msg("%s not found: build the biomatch-worker target", worker_bin);
+    if (bm_spawn_sibling(worker_bin, sizeof worker_bin, "../bin", "biomatch-worker") != 0)
+        fail_msg("biomatch-worker not found next to the tests: build it");
 }
 
 static int setup(void **state)
