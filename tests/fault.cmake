@@ -15,7 +15,7 @@
 #                  CI size. Registered with -DBM_FAULT_MATRIX=ON; the full
 #                  size is `tests/fault/matrix --full`.
 set(BM_SERVICES3_DIR ${CMAKE_BINARY_DIR}/services3)
-if(TARGET biomatch_cli AND TARGET biomatch-coordinator AND TARGET biomatch-worker)
+if(TARGET biomatch_cli AND TARGET biomatch-coordinator AND TARGET biomatch-worker-fault)
   if(BM_PYTHON)
     set(_bm_fault_python ${BM_PYTHON})
   else()
@@ -34,6 +34,7 @@ if(TARGET biomatch_cli AND TARGET biomatch-coordinator AND TARGET biomatch-worke
 
   set(_bm_matrix ${_bm_fault_python} ${CMAKE_CURRENT_SOURCE_DIR}/fault/matrix
       --bin $<TARGET_FILE_DIR:biomatch_cli> --proto ${CMAKE_SOURCE_DIR}/proto/biomatch.proto
+      --worker $<TARGET_FILE:biomatch-worker-fault>
       --services ${BM_SERVICES3_DIR})
   add_test(NAME fault.failover
     COMMAND ${_bm_matrix} --workdir ${CMAKE_CURRENT_BINARY_DIR}/fault-failover
