@@ -86,6 +86,7 @@ static cJSON *step_json(const struct rp_step_result *r)
     cJSON_AddNumberToObject(o, "errors", (double)r->errors);
     cJSON_AddNumberToObject(o, "timeouts", (double)r->timeouts);
     cJSON_AddNumberToObject(o, "partial", (double)r->partial);
+    cJSON_AddNumberToObject(o, "lateSends", (double)r->late_sends);
     if (r->rank1_total)
         cJSON_AddNumberToObject(o, "rank1", (double)r->rank1_hits / (double)r->rank1_total);
     else

@@ -315,6 +315,13 @@ static void test_record_replay(void **state)
     assert_int_equal(wait_exit(recorder, 120), 0);
 
     cJSON *o = read_json(jout);
+    /* A send more than 10 ms after its due time is counted late by the
+     * engine itself; on a machine too busy to keep the schedule the record
+     * times below say nothing about the engine, so they are checked only
+     * when no send was late. */
+    int on_schedule = num(o, "lateSends") == 0;
+    if (!on_schedule)
+        printf("replay: %.0f late sends; record times not compared\n", num(o, "lateSends"));
     assert_int_equal((int)num(o, "jobs"), NJOBS);
     assert_int_equal((int)(num(o, "done") + num(o, "lost") + num(o, "errors")), NJOBS);
     assert_int_equal((int)num(o, "lost"), 1);    /* job 5 */
@@ -331,8 +338,10 @@ static void test_record_replay(void **state)
         assert_memory_equal(b.records[i].key, a.records[i].key, a.records[i].keylen);
         assert_int_equal(b.records[i].valuelen, a.records[i].valuelen);
         assert_memory_equal(b.records[i].value, a.records[i].value, a.records[i].valuelen);
+        /* Every send within [due, due + 10 ms), and Kafka timestamps in
+         * whole milliseconds: relative times agree within 12 ms. */
         int64_t d = (int64_t)b.records[i].t_us - (int64_t)a.records[i].t_us;
-        if (d < -5000 || d > 5000)
+        if (on_schedule && (d < -12000 || d > 12000))
             fail_msg("record %zu: relative time %llu us replayed as %llu us", i,
                      (unsigned long long)a.records[i].t_us, (unsigned long long)b.records[i].t_us);
     }
