@@ -11,7 +11,15 @@
  * a run emits at most one result per job.
  *
  * All partials of a job share its key (job id), hence one partition and
- * one aggregator; per-shard duplicates are dropped by (job id, shard). */
+ * one aggregator; per-shard duplicates are dropped by (job id, shard).
+ *
+ * Poison jobs: because a crash replays the job, a job whose merge crashes
+ * the process would crash every aggregator forever. So before the first
+ * emit of a job in a run, an attempt is counted in Redis
+ * (store/attempts.h, key bm_key_job_attempts of its first partial's
+ * offset) and deleted once the result is delivered; a job counted more
+ * than coordinator.max_job_attempts times is answered ERROR/POISON without
+ * merging, and its offsets move on as for any delivered result. */
 #include "aggregate.h"
 
 #include <math.h>
@@ -23,6 +31,7 @@
 #include "authn.h"
 #include "bus/dlq.h"
 #include "common/clock.h"
+#include "fault.h"
 #include "conf/conf.h"
 #include "conf/topics.h"
 #include "jobtable.h"
@@ -31,7 +40,10 @@
 #include "obs/log.h"
 #include "obs/skew.h"
 #include "obs/metrics.h"
+#include "store/attempts.h"
+#include "store/keys.h"
 #include "wire/decode.h"
+#include "wire/shard.h"
 #include "wire/template.h"
 #include "wire/headers.h"
 #include "wire/job.h"
@@ -57,6 +69,7 @@ struct bm_agg {
     struct bm_producer *prod;
     struct bm_audit *audit;
     struct bm_jobtable *jobs;
+    struct bm_attempts *attempts; /* poison jobs: attempts counted in Redis */
     struct ptrack *parts;
     size_t nparts;
     char partials[BM_TOPIC_MAX], results[BM_TOPIC_MAX], dlq[BM_TOPIC_MAX];
@@ -227,9 +240,53 @@ static int fallback(struct bm_agg *ag, struct bm_job *j, Biomatch__V1__MatchResu
     return 1;
 }
 
+/* The Redis key counting the attempts at j's result. */
+static int attempts_key(const struct bm_job *j, char *key, size_t keylen)
+{
+    return bm_key_job_attempts(key, keylen, j->partition, j->first_offset,
+                               bm_subject_key(j->id, strlen(j->id)));
+}
+
+/* Count this run's attempt at j's result, once per run; marks j poisoned
+ * when it is over the limit (then the count is kept, so a replay of the
+ * job is answered the same way at once). */
+static void count_attempt(struct bm_agg *ag, struct bm_job *j)
+{
+    if (j->counted)
+        return;
+    j->counted = 1;
+    char key[BM_KEY_MAX];
+    long long attempt = 0;
+    if (attempts_key(j, key, sizeof key) == BM_OK) {
+        const char *keys[] = {key};
+        bm_attempts_begin(ag->attempts, keys, &attempt, 1);
+    }
+    int limit = ag->conf->coordinator.max_job_attempts;
+    if (attempt > limit) {
+        j->poisoned = 1;
+        BM_LOGF(BM_LOG_ERROR, "poison job: answered POISON without merging",
+                BM_LF_STR("gallery", j->opened->gallery), BM_LF_INT("partition", j->partition),
+                BM_LF_INT("offset", j->first_offset), BM_LF_INT("attempts", attempt - 1));
+    }
+}
+
+/* j's result was delivered: its attempt count goes (a poisoned job keeps
+ * it until the TTL). */
+static void forget_attempts(struct bm_agg *ag, struct bm_job *j)
+{
+    char key[BM_KEY_MAX];
+    if (!j->counted || j->poisoned || attempts_key(j, key, sizeof key) != BM_OK)
+        return;
+    if (bm_attempts_done(ag->attempts, key))
+        bm_attempts_flush(ag->attempts);
+}
+
 static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
 {
     const Biomatch__V1__PartialResult *o = j->opened;
+    count_attempt(ag, j);
+    if (!j->poisoned)
+        bm_coord_fault_on_emit(j->id);
     int verify = o->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY;
     struct bm_merge_tally t = {0};
     t.total = j->shard_count;
@@ -241,7 +298,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     uint64_t version = 0, comparisons = 0;
     uint32_t max_q = 0, max_s = 0;
     size_t ncand = 0;
-    for (uint32_t s = 0; s < j->shard_count; s++) {
+    for (uint32_t s = 0; s < j->shard_count && !j->poisoned; s++) {
         const Biomatch__V1__PartialResult *p = j->shards[s];
         if (p == NULL)
             continue;
@@ -291,6 +348,15 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
                  (unsigned)j->shard_count);
         error = poison_error;
     }
+    if (j->poisoned) {
+        status = BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR;
+        code = BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON;
+        snprintf(poison_error, sizeof poison_error,
+                 "aggregator gave up: producing this result failed %d times "
+                 "(coordinator.max_job_attempts)",
+                 ag->conf->coordinator.max_job_attempts);
+        error = poison_error;
+    }
     if (status == BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR && error[0] == '\0')
         error = "claimed subject not found in any shard";
 
@@ -304,7 +370,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
         return BM_ENOMEM;
     }
     size_t n = 0;
-    for (uint32_t s = 0; s < j->shard_count; s++) {
+    for (uint32_t s = 0; s < j->shard_count && !j->poisoned; s++) {
         const Biomatch__V1__PartialResult *p = j->shards[s];
         if (p == NULL || p->status != BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK)
             continue;
@@ -551,6 +617,7 @@ static int tick(struct bm_agg *ag)
     while (j) {
         struct bm_job *next = j->next;
         if (j->state == BM_JOB_SENT && j->delivered) {
+            forget_attempts(ag, j);
             bm_jobtable_finish(ag->jobs, j, mono);
         } else if (j->state == BM_JOB_SENT && j->refused) {
             int rc = emit(ag, j, now);
@@ -636,6 +703,7 @@ static void agg_free(struct bm_agg *ag)
     bm_consumer_free(ag->cons);
     bm_producer_free(ag->prod);
     bm_jobtable_free(ag->jobs);
+    bm_attempts_free(ag->attempts);
     bm_audit_close(ag->audit);
     bm_policy_destroy(ag->policy);
     free(ag->parts);
@@ -656,7 +724,8 @@ static struct bm_agg *agg_new(struct bm_coord_ctx *ctx, char *err, size_t errlen
     bm_topic_name(ag->results, sizeof ag->results, pfx, BM_TOPIC_RESULTS);
     bm_topic_name(ag->dlq, sizeof ag->dlq, pfx, BM_TOPIC_DLQ);
     ag->jobs = bm_jobtable_new(DONE_WINDOW_MS, DONE_MAX);
-    if (ag->jobs == NULL) {
+    ag->attempts = bm_attempts_new(ctx->conf, "job");
+    if (ag->jobs == NULL || ag->attempts == NULL) {
         bm_seterr(err, errlen, BM_ENOMEM, "aggregate: out of memory");
         goto fail;
     }

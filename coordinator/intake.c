@@ -608,6 +608,7 @@ static struct bm_intake *intake_new(struct bm_coord_ctx *ctx, char *err, size_t 
     in->conf = ctx->conf;
     bm_wire_limits_default(&in->limits);
     in->limits.max_top_k = (uint32_t)ctx->conf->coordinator.max_top_k;
+    in->limits.max_clock_skew_ms = ctx->conf->max_clock_skew_ms;
     if (bm_authn_policy(ctx, "intake", &in->policy, err, errlen) != BM_OK)
         goto fail;
     const char *pfx = ctx->conf->topic_prefix;

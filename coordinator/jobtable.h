@@ -38,6 +38,8 @@ struct bm_job {
     int refused;                       /* SENT: enum bm_err of a permanent refusal of the
                                         * result (0 = none): emit its fallback */
     int fallbacks;                     /* fallbacks emitted so far (bounded) */
+    int counted;                       /* this run counted an attempt of its result */
+    int poisoned;                      /* over coordinator.max_job_attempts: answer POISON */
     struct bm_job *next, *prev;        /* list: open jobs, or done jobs oldest first */
     struct bm_job *hnext;              /* hash chain */
 };

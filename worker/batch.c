@@ -417,7 +417,7 @@ static void score_tasks(struct wk *w, struct scratch *sc, struct wk_task **tasks
             score_counted(w, sc, tasks, keep);
         atomic_store(&w->scoring_since_ms, 0);
     }
-    wk_attempts_flush(w->attempts);
+    bm_attempts_flush(w->attempts);
 }
 
 static size_t probes_of(const struct wk_task *t)
@@ -554,7 +554,7 @@ int wk_scorer_start(struct wk *w, char *err, size_t errlen)
     atomic_init(&w->scorer_stop, 0);
     atomic_init(&w->scorer_done, 0);
     atomic_init(&w->scoring_since_ms, 0);
-    w->attempts = wk_attempts_new(w);
+    w->attempts = bm_attempts_new(w->conf, "task");
     if (w->attempts == NULL)
         return bm_seterr(err, errlen, BM_ENOMEM, "out of memory");
     if (pthread_create(&w->scorer, NULL, scorer_main, w) != 0)
@@ -584,6 +584,6 @@ void wk_scorer_join(struct wk *w)
         wk_task_free(t); /* only after a failed start; shards are freed next */
     }
     w->qtail = NULL;
-    wk_attempts_free(w->attempts);
+    bm_attempts_free(w->attempts);
     w->attempts = NULL;
 }

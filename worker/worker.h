@@ -33,6 +33,7 @@
 #include "conf/topics.h"
 #include "match/gallery.h"
 #include "obs/outage.h"
+#include "store/attempts.h"
 #include "store/keys.h"
 #include "wire/job.h"
 
@@ -182,7 +183,7 @@ struct wk {
     atomic_int scorer_stop;        /* finish the queue, abandon parked, exit */
     atomic_int scorer_done;
     int scorer_started;
-    struct wk_attempts *attempts;  /* poison counting (scoring thread) */
+    struct bm_attempts *attempts;  /* poison counting (scoring thread) */
     atomic_llong scoring_since_ms; /* monotonic start of the pass being scored; 0 = idle */
 
     atomic_int draining;
@@ -217,18 +218,14 @@ void wk_scorer_finish(struct wk *w);
 void wk_scorer_join(struct wk *w);
 void wk_task_free(struct wk_task *t);
 
-/* quarantine.c: attempts of each task, counted in Redis (scoring thread). */
-struct wk_attempts;
-struct wk_attempts *wk_attempts_new(struct wk *w);
-void wk_attempts_free(struct wk_attempts *a);
-/* Count one more attempt of each task: sets t->attempt (0 when Redis
- * could not be asked: then BM_EIO and the tasks are scored unchecked) and
- * t->attempt_key. */
-int wk_attempts_begin(struct wk_attempts *a, struct wk_task **tasks, size_t n);
-/* Scoring of 't' returned: queue the deletion of its count (pipelined). */
-void wk_attempts_done(struct wk_attempts *a, struct wk_task *t);
-/* Read the replies of the queued deletions. */
-void wk_attempts_flush(struct wk_attempts *a);
+/* quarantine.c: attempts of each task, counted in Redis (scoring thread;
+ * store/attempts.h). Count one more attempt of each task: sets t->attempt
+ * (0 when Redis could not be asked: then BM_EIO or BM_ENOMEM and the tasks
+ * are scored unchecked) and t->attempt_key. */
+int wk_attempts_begin(struct bm_attempts *a, struct wk_task **tasks, size_t n);
+/* Scoring of 't' returned: queue the deletion of its count (pipelined;
+ * bm_attempts_flush reads the replies). */
+void wk_attempts_done(struct bm_attempts *a, struct wk_task *t);
 
 /* publish.c: partials, dlq records and the offset bookkeeping. */
 struct wk_entry *wk_entry_push(struct wk_part *p, int64_t offset);

@@ -99,6 +99,8 @@ static const struct key KEYS[] = {
      600000, NULL},
     {"coordinator.default_deadline_ms", "BIOMATCH_COORDINATOR_DEFAULT_DEADLINE_MS", K_INT,
      F(coordinator.default_deadline_ms), 0, 1, 3600000, NULL},
+    {"coordinator.max_job_attempts", "BIOMATCH_COORDINATOR_MAX_JOB_ATTEMPTS", K_INT,
+     F(coordinator.max_job_attempts), 0, 1, 100, NULL},
     {"coordinator.max_job_bytes", "BIOMATCH_COORDINATOR_MAX_JOB_BYTES", K_I64,
      F(coordinator.max_job_bytes), 0, 1024, 1024LL * MIB, NULL},
     {"coordinator.max_top_k", "BIOMATCH_COORDINATOR_MAX_TOP_K", K_INT,
@@ -670,6 +672,7 @@ static int set_defaults(struct bm_conf *c)
     c->coordinator.default_deadline_ms = 5000;
     c->coordinator.max_job_bytes = MIB;
     c->topics.max_record_bytes = MIB + 64 * 1024; /* a largest job plus headers */
+    c->coordinator.max_job_attempts = 3;
     c->coordinator.max_top_k = 1000;
     c->coordinator.segment_max_bytes = 16LL * MIB;
     c->coordinator.segment_max_age_ms = 1000;

@@ -82,6 +82,7 @@ struct bm_conf {
     struct {
         int default_deadline_ms;
         int64_t max_job_bytes;
+        int max_job_attempts;      /* a job's result is attempted at most this often (poison) */
         int max_top_k;
         int64_t segment_max_bytes;
         int segment_max_age_ms;

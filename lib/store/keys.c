@@ -81,6 +81,15 @@ int bm_key_attempts(char *buf, size_t len, const char *gallery, uint32_t shard,
                            gallery, shard, partition, offset, tag));
 }
 
+int bm_key_job_attempts(char *buf, size_t len, int32_t partition, int64_t offset, uint64_t tag)
+{
+    if (partition < 0 || offset < 0)
+        return refuse(buf, len);
+    return finish(buf, len,
+                  snprintf(buf, len, "bm:job:attempts:%" PRId32 ":%" PRId64 ":%016" PRIx64,
+                           partition, offset, tag));
+}
+
 int bm_key_segment(char *buf, size_t len, const char *gallery, uint32_t shard,
                    uint64_t segment_id)
 {

@@ -45,6 +45,12 @@ int bm_key_segment(char *buf, size_t len, const char *gallery, uint32_t shard,
 int bm_key_attempts(char *buf, size_t len, const char *gallery, uint32_t shard,
                     int32_t partition, int64_t offset, uint64_t tag);
 
+/* "bm:job:attempts:<partition>:<offset>:<tag>": how many times an
+ * aggregator started producing the result of the job whose first partial
+ * is at that offset of partials (coordinator.max_job_attempts); 'tag' as
+ * above, a hash of the job id. */
+int bm_key_job_attempts(char *buf, size_t len, int32_t partition, int64_t offset, uint64_t tag);
+
 /* "bm:gallery:<name>": the gallery definition. */
 int bm_key_gallery(char *buf, size_t len, const char *name);
 

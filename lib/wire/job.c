@@ -18,6 +18,7 @@ void bm_wire_limits_default(struct bm_wire_limits *l)
     l->max_probes = 16;
     l->max_top_k = 1000;
     l->max_deadline_ms = 300000;
+    l->max_clock_skew_ms = 0;
     l->max_attributes = 32;
     l->max_attribute_bytes = 1024;
 }
@@ -219,13 +220,18 @@ int bm_wire_validate_job(const Biomatch__V1__MatchJob *job,
                             job->threshold, limits, code, err, errlen)) != BM_OK)
         return rc;
 
-    /* Unsigned difference: defined for any int64 pair once deadline > now. */
+    /* A deadline up to max_clock_skew_ms in the past is the client's clock
+     * running behind ours, not an expired job: it is accepted (and ends
+     * TIMEOUT at once if it really passed). Unsigned difference: defined
+     * for any int64 pair once deadline > now. */
+    int64_t earliest = now_ms - limits->max_clock_skew_ms;
     if (job->deadline_unix_ms != 0 &&
-        (job->deadline_unix_ms <= now_ms ||
-         (uint64_t)job->deadline_unix_ms - (uint64_t)now_ms > (uint64_t)limits->max_deadline_ms))
+        (job->deadline_unix_ms <= earliest ||
+         (job->deadline_unix_ms > now_ms &&
+          (uint64_t)job->deadline_unix_ms - (uint64_t)now_ms > (uint64_t)limits->max_deadline_ms)))
         return reject(code, EC(INVALID_DEADLINE), err, errlen,
-                      "deadline must be 0 or within (now, now + %lld ms]",
-                      (long long)limits->max_deadline_ms);
+                      "deadline must be 0 or within (now - %lld ms, now + %lld ms]",
+                      (long long)limits->max_clock_skew_ms, (long long)limits->max_deadline_ms);
 
     return check_probes(job->probes, job->n_probes, g, limits, code, err, errlen);
 }

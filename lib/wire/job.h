@@ -28,6 +28,8 @@ struct bm_wire_limits {
     uint32_t max_probes;          /* probes per job (default 16) */
     uint32_t max_top_k;           /* default 1000 */
     int64_t max_deadline_ms;      /* a deadline at most now + this (default 300000) */
+    int64_t max_clock_skew_ms;    /* a deadline down to now - this is still accepted: the
+                                   * client's clock may be behind (default 0; 0 .. 600000) */
     uint32_t max_attributes;      /* attribute entries (default 32) */
     uint32_t max_attribute_bytes; /* per key and per value (default 1024) */
 };

@@ -157,7 +157,9 @@ static void gt_kill_child(void)
     }
 }
 
-static __attribute__((unused)) void gt_start(struct gt *g)
+/* Spawn the coordinator program 'name' in 'dir' (relative to the test
+ * program's directory, build/tests) on g's config. */
+static __attribute__((unused)) void gt_start_bin(struct gt *g, const char *dir, const char *name)
 {
     static int registered;
     if (!registered) {
@@ -165,8 +167,8 @@ static __attribute__((unused)) void gt_start(struct gt *g)
         registered = 1;
     }
     char bin[PATH_MAX + 64], err[256];
-    if (bm_spawn_sibling(bin, sizeof bin, "../bin", "biomatch-coordinator") != 0)
-        fail_msg("biomatch-coordinator not found next to the tests: build it");
+    if (bm_spawn_sibling(bin, sizeof bin, dir, name) != 0)
+        fail_msg("%s not found next to the tests: build it", name);
     /* The file's addresses are the same as the environment's. */
     char *args[] = {bin, (char *)"--config", g->config, NULL};
     pid_t pid = bm_spawn(args, NULL, NULL, err, sizeof err);
@@ -174,6 +176,11 @@ static __attribute__((unused)) void gt_start(struct gt *g)
         fail_msg("start %s: %s", bin, err);
     g->pid = pid;
     gt_child = pid;
+}
+
+static __attribute__((unused)) void gt_start(struct gt *g)
+{
+    gt_start_bin(g, "../bin", "biomatch-coordinator");
 }
 
 /* Send 'sig' and wait (bounded) for the exit; returns the exit status

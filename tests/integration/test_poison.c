@@ -16,6 +16,12 @@
  *    (3) times, then shard 1 answers POISON and the job ends PARTIAL with
  *    POISON naming shard 1 (shard 0's candidates kept); the worker stays up
  *    and answers the next job;
+ *  - a poison job in the aggregator: a job whose result aborts the
+ *    coordinator as the aggregator starts producing it (a crash replays its
+ *    partials, so it would crash forever). The test restarts the
+ *    coordinator after each crash; it crashes exactly
+ *    coordinator.max_job_attempts (3) times, then the job ends ERROR/POISON
+ *    and the coordinator stays up and answers the next job;
  *  - a worker whose clock runs 10 s ahead (BIOMATCH_FAULT_CLOCK_OFFSET_MS)
  *    still answers a job whose deadline is 8 s away, because its deadline
  *    check allows max_clock_skew_ms (15 s here), and its
@@ -38,6 +44,7 @@ static int http_port;
 static pid_t worker = -1;
 static int64_t clock_offset_ms;
 static int crashes;                  /* worker exits seen by the supervisor */
+static int coord_crashes;            /* coordinator exits seen by the supervisor */
 static struct bm_consumer *results_c;
 static int seq;
 
@@ -75,10 +82,25 @@ static void start_worker(void)
     worker = pid;
 }
 
-/* The supervisor: a worker that exited is counted and started again. */
+#define COORD_BIN "biomatch-coordinator-fault"
+
+/* The supervisor: a worker or coordinator that exited is counted and
+ * started again. */
 static void supervise(void)
 {
     int st = 0;
+    if (g.pid > 0 && waitpid(g.pid, &st, WNOHANG) == g.pid) {
+        coord_crashes++;
+        printf("# coordinator exited (%s %d); restarting\n",
+               WIFSIGNALED(st) ? "signal" : "status",
+               WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        g.pid = -1;
+        if (coord_crashes > MAX_ATTEMPTS)
+            fail_msg("the coordinator crashed %d times on one job: it was never quarantined",
+                     coord_crashes);
+        gt_start_bin(&g, ".", COORD_BIN);
+        assert_true(g.pid > 0);
+    }
     if (worker > 0 && waitpid(worker, &st, WNOHANG) == worker) {
         crashes++;
         printf("# worker exited (%s %d); restarting\n",
@@ -104,9 +126,10 @@ static void write_configs(void)
             "topic_prefix: \"%s\"\nbrokers: \"%s\"\nredis:\n  url: \"%s\"\n"
             "http:\n  enabled: false\nlog:\n  level: %s\n"
             "coordinator:\n  roles: [intake, aggregate, gallery]\n  segment_max_age_ms: 200\n"
+            "  max_job_attempts: %d\n"
             "kafka:\n  session.timeout.ms: \"6000\"\n  heartbeat.interval.ms: \"500\"\n",
             (int)getpid(), g.prefix, bm_test_env("BIOMATCH_KAFKA_BROKERS"),
-            bm_test_env("BIOMATCH_REDIS_URL"), lvl != NULL ? lvl : "warn");
+            bm_test_env("BIOMATCH_REDIS_URL"), lvl != NULL ? lvl : "warn", MAX_ATTEMPTS);
     fclose(f);
     snprintf(wconfig, sizeof wconfig, "%s.worker.yaml", g.config);
     snprintf(wlog, sizeof wlog, "%s.worker.log", g.config);
@@ -157,7 +180,7 @@ static int setup(void **state)
                   (uint64_t)i + 1, 0, NULL);
     }
     gt_flush(&g);
-    gt_start(&g);
+    gt_start_bin(&g, ".", COORD_BIN);
     gt_wait_total(&g, NSUBJ, 60000);
 
     results_c = bm_consumer_new(&bc, NULL, NULL, NULL, err, sizeof err);
@@ -303,21 +326,41 @@ static double scrape(const char *series)
     return p != NULL ? strtod(p + strlen(needle), NULL) : NAN;
 }
 
+/* Submit the poison job 'id' and return its result (caller frees) once
+ * the supervisor saw *crash_count reach MAX_ATTEMPTS: the process that runs
+ * it crashed exactly that often before the job was quarantined. */
+static Biomatch__V1__MatchResult *await_quarantined(const char *id, int *crash_count)
+{
+    *crash_count = 0;
+    int64_t t0 = bm_test_now_ms();
+    submit(id, NULL, 7, 90000);
+    Biomatch__V1__MatchResult *r = await_result(id, WAIT_MS);
+    printf("# %s: status %d code %d '%s' after %d crashes, %lld ms\n", id, r->status,
+           r->error_code, r->error, *crash_count, (long long)(bm_test_now_ms() - t0));
+    assert_int_equal(*crash_count, MAX_ATTEMPTS);
+    assert_int_equal(r->error_code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
+    return r;
+}
+
+/* The process that quarantined a job (*pid) is still up, crashed no more,
+ * and the pipeline serves the next job. */
+static void expect_still_up(const pid_t *pid, const int *crash_count)
+{
+    expect_served();
+    supervise();
+    assert_int_equal(*crash_count, MAX_ATTEMPTS);
+    assert_true(*pid > 0);
+    assert_int_equal(waitpid(*pid, NULL, WNOHANG), 0); /* still running */
+}
+
 static void test_poison_task_quarantined(void **state)
 {
     (void)state;
     char id[160];
     /* fault.h: "bm-fault-abort-s1" aborts the worker on shard 1's task only. */
     snprintf(id, sizeof id, "bm-fault-abort-s1-%s", g.gallery);
-    crashes = 0;
-    int64_t t0 = bm_test_now_ms();
-    submit(id, NULL, 7, 90000);
-    Biomatch__V1__MatchResult *r = await_result(id, WAIT_MS);
-    printf("# %s: status %d code %d '%s' after %d crashes, %lld ms\n", id, r->status,
-           r->error_code, r->error, crashes, (long long)(bm_test_now_ms() - t0));
-    assert_int_equal(crashes, MAX_ATTEMPTS);
+    Biomatch__V1__MatchResult *r = await_quarantined(id, &crashes);
     assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_PARTIAL);
-    assert_int_equal(r->error_code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
     assert_non_null(strstr(r->error, "shard 1"));
     assert_int_equal(r->shards_answered, 1);
     assert_int_equal(r->shards_total, S);
@@ -329,11 +372,7 @@ static void test_poison_task_quarantined(void **state)
     bm_wire_free_result(r);
 
     /* The worker that answered POISON is still up, and serves. */
-    expect_served();
-    supervise();
-    assert_int_equal(crashes, MAX_ATTEMPTS);
-    assert_true(worker > 0);
-    assert_int_equal(waitpid(worker, NULL, WNOHANG), 0); /* still running */
+    expect_still_up(&worker, &crashes);
     double poison = NAN;
     static char body[1 << 16];
     if (bm_test_http(http_port, "GET", "/metrics", body, sizeof body) == 200) {
@@ -342,6 +381,23 @@ static void test_poison_task_quarantined(void **state)
             poison = strtod(p + strlen("status=\"poison\"} "), NULL);
     }
     assert_true(poison >= 1.0);
+}
+
+static void test_poison_job_in_aggregator(void **state)
+{
+    (void)state;
+    char id[160];
+    /* coordinator/fault.h: "bm-fault-agg-abort" aborts the aggregator as it
+     * starts producing the job's result. */
+    snprintf(id, sizeof id, "bm-fault-agg-abort-%s", g.gallery);
+    Biomatch__V1__MatchResult *r = await_quarantined(id, &coord_crashes);
+    assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_ERROR);
+    assert_non_null(strstr(r->error, "aggregator gave up"));
+    assert_int_equal(r->n_candidates, 0);
+    bm_wire_free_result(r);
+
+    /* The coordinator that answered POISON is still up, and serves. */
+    expect_still_up(&g.pid, &coord_crashes);
 }
 
 static void test_clock_ahead_within_tolerance(void **state)
@@ -373,6 +429,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_verify_unknown_subject),
         cmocka_unit_test(test_poison_task_quarantined),
+        cmocka_unit_test(test_poison_job_in_aggregator),
         cmocka_unit_test(test_clock_ahead_within_tolerance),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -59,6 +59,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->coordinator.default_deadline_ms, 5000);
     assert_int_equal(c->coordinator.max_job_bytes, 1024 * 1024);
     assert_int_equal(c->worker.max_task_attempts, 3);
+    assert_int_equal(c->coordinator.max_job_attempts, 3);
     assert_int_equal(c->worker.max_scoring_ms, 120000);
     assert_int_equal(c->max_clock_skew_ms, 2000);
     assert_int_equal(c->coordinator.max_top_k, 1000);

@@ -196,6 +196,24 @@ static void test_top_k_threshold_deadline(void **state)
     assert_int_equal(run(&f, NULL), EC(INVALID_DEADLINE));
     f.job.deadline_unix_ms = NOW + 1;
     assert_int_equal(run(&f, NULL), EC(NONE));
+
+    /* max_clock_skew_ms: a deadline just behind our clock is the client's
+     * clock running late, accepted; one further back is still refused. */
+    struct bm_wire_limits sk;
+    bm_wire_limits_default(&sk);
+    sk.max_clock_skew_ms = 2000;
+    f.job.deadline_unix_ms = NOW;
+    assert_int_equal(run(&f, &sk), EC(NONE));
+    f.job.deadline_unix_ms = NOW - 1999;
+    assert_int_equal(run(&f, &sk), EC(NONE));
+    f.job.deadline_unix_ms = NOW - 2000;
+    assert_int_equal(run(&f, &sk), EC(INVALID_DEADLINE));
+    f.job.deadline_unix_ms = -5;
+    assert_int_equal(run(&f, &sk), EC(INVALID_DEADLINE));
+    f.job.deadline_unix_ms = NOW + 300000;
+    assert_int_equal(run(&f, &sk), EC(NONE));
+    f.job.deadline_unix_ms = NOW + 300001;
+    assert_int_equal(run(&f, &sk), EC(INVALID_DEADLINE));
 }
 
 static void test_probes(void **state)
