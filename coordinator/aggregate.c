@@ -286,7 +286,7 @@ static int emit(struct bm_agg *ag, struct bm_job *j, int64_t now)
     const Biomatch__V1__PartialResult *o = j->opened;
     count_attempt(ag, j);
     if (!j->poisoned)
-        bm_coord_fault_on_emit(j->id);
+        bm_coord_fault_on_emit(o->job_id);
     int verify = o->mode == BIOMATCH__V1__MATCH_MODE__MATCH_MODE_VERIFY;
     struct bm_merge_tally t = {0};
     t.total = j->shard_count;
