@@ -378,43 +378,52 @@ static void score_counted(struct wk *w, struct scratch *sc, struct wk_task **tas
     }
 }
 
-/* Count an attempt of each task (quarantine.c), answer POISON for those
- * already started worker.max_task_attempts times, and score the rest:
- * together when none of them was started before, else each alone, so a
- * task that crashed a batch is the only one that keeps crashing. While a
+/* Score tasks together, counting an attempt of each right before. */
+static void score_charged(struct wk *w, struct scratch *sc, struct wk_task **tasks, size_t n)
+{
+    wk_attempts_begin(w->attempts, tasks, n);
+    score_counted(w, sc, tasks, n);
+}
+
+/* Read the attempts of each task (quarantine.c), answer POISON for those
+ * started worker.max_task_attempts times and never finished, and score the
+ * rest: together when none of them was started before, else each alone, so
+ * a task that crashed a batch is the only one that keeps crashing. An
+ * attempt is counted only right before the scoring it counts, so a task
+ * waiting behind one that crashes is not charged for that crash. While a
  * pass runs, scoring_since_ms lets the poll thread's watchdog see a hang. */
 static void score_tasks(struct wk *w, struct scratch *sc, struct wk_task **tasks, size_t n)
 {
-    wk_attempts_begin(w->attempts, tasks, n);
+    wk_attempts_peek(w->attempts, tasks, n);
     size_t keep = 0;
     int retried = 0;
     for (size_t i = 0; i < n; i++) {
         struct wk_task *t = tasks[i];
-        if (t->attempt > w->conf->worker.max_task_attempts) {
+        if (t->attempt >= w->conf->worker.max_task_attempts) {
             char why[160];
             snprintf(why, sizeof why,
                      "quarantined: scoring started %lld times and never finished (limit %d)",
-                     t->attempt - 1, w->conf->worker.max_task_attempts);
+                     t->attempt, w->conf->worker.max_task_attempts);
             /* Keep the count: a redelivery of this task is answered the
              * same way at once. */
             t->attempt_key[0] = '\0';
             BM_LOGF(BM_LOG_ERROR, "poison task quarantined", BM_LF_STR("gallery", t->shard->g->name),
                     BM_LF_INT("shard", t->shard->index),
                     BM_LF_INT("partition", t->entry->part->partition),
-                    BM_LF_INT("offset", t->entry->offset), BM_LF_INT("attempts", t->attempt - 1));
+                    BM_LF_INT("offset", t->entry->offset), BM_LF_INT("attempts", t->attempt));
             answer_error(w, t, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON, why, WK_ST_POISON);
             continue;
         }
-        retried |= t->attempt > 1;
+        retried |= t->attempt > 0;
         tasks[keep++] = t;
     }
     if (keep > 0) {
         atomic_store(&w->scoring_since_ms, bm_mono_ms());
         if (retried && keep > 1)
             for (size_t i = 0; i < keep; i++)
-                score_counted(w, sc, &tasks[i], 1);
+                score_charged(w, sc, &tasks[i], 1);
         else
-            score_counted(w, sc, tasks, keep);
+            score_charged(w, sc, tasks, keep);
         atomic_store(&w->scoring_since_ms, 0);
     }
     bm_attempts_flush(w->attempts);

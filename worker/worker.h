@@ -139,7 +139,7 @@ struct wk_task {
     Biomatch__V1__MatchTask *msg;  /* owned */
     int64_t enqueued_us;           /* monotonic, when polled */
     int64_t park_until_ms;         /* monotonic; 0 = not parked */
-    long long attempt;             /* scoring attempts counted so far (0 = unknown) */
+    long long attempt;             /* scoring attempts counted (0 = none or unknown) */
     char attempt_key[BM_KEY_MAX];  /* Redis key of the count; "" = nothing to delete */
     struct wk_task *next;
 };
@@ -219,9 +219,15 @@ void wk_scorer_join(struct wk *w);
 void wk_task_free(struct wk_task *t);
 
 /* quarantine.c: attempts of each task, counted in Redis (scoring thread;
- * store/attempts.h). Count one more attempt of each task: sets t->attempt
- * (0 when Redis could not be asked: then BM_EIO or BM_ENOMEM and the tasks
- * are scored unchecked) and t->attempt_key. */
+ * store/attempts.h). Read the attempts of each task that never finished:
+ * sets t->attempt_key and t->attempt (0 when none, or when Redis could not
+ * be asked: then BM_EIO or BM_ENOMEM, t->attempt_key "" and the tasks are
+ * scored unchecked). */
+int wk_attempts_peek(struct bm_attempts *a, struct wk_task **tasks, size_t n);
+/* Count one more attempt of each task (keys from wk_attempts_peek), right
+ * before scoring exactly these tasks: sets t->attempt to the new count (0
+ * and t->attempt_key "" when Redis could not be asked: BM_EIO or
+ * BM_ENOMEM, the tasks are scored unchecked). */
 int wk_attempts_begin(struct bm_attempts *a, struct wk_task **tasks, size_t n);
 /* Scoring of 't' returned: queue the deletion of its count (pipelined;
  * bm_attempts_flush reads the replies). */

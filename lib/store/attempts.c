@@ -79,22 +79,43 @@ static void fail(struct bm_attempts *a, const char *step)
     a->retry_at_ms = bm_mono_ms() + RETRY_AFTER_MS;
 }
 
-int bm_attempts_begin(struct bm_attempts *a, const char *const *keys, long long *counts,
-                      size_t n)
+/* The count an INCR (an integer) or a GET (a decimal string; nil = 0)
+ * answered, 0 for anything else. */
+static long long count_of(const struct bm_redis_reply *r)
+{
+    if (r->type == BM_REDIS_INTEGER)
+        return r->integer;
+    if (r->type != BM_REDIS_STRING || r->len >= 24)
+        return 0;
+    char num[24];
+    memcpy(num, r->str, r->len);
+    num[r->len] = '\0';
+    return strtoll(num, NULL, 10);
+}
+
+/* One pipeline over the non-empty keys: GET each (incr 0) or INCR and
+ * EXPIRE each (incr 1), counts[i] from the replies. */
+static int count_keys(struct bm_attempts *a, const char *const *keys, long long *counts,
+                      size_t n, int incr)
 {
     for (size_t i = 0; i < n; i++)
         counts[i] = 0;
+    /* Queued DELs go out first, so the work they clear is charged no more. */
+    bm_attempts_flush(a);
     struct bm_redis *r = conn(a);
     if (r == NULL)
         return BM_EIO;
     const char *ttl = STR(BM_ATTEMPTS_TTL_S);
+    size_t per_key = incr ? 2 : 1;
     for (size_t i = 0; i < n; i++) {
         if (keys[i][0] == '\0')
             continue;
-        const char *incr[] = {"INCR", keys[i]};
+        const char *first[] = {incr ? "INCR" : "GET", keys[i]};
         const char *exp[] = {"EXPIRE", keys[i], ttl};
-        size_t il[] = {4, strlen(keys[i])}, el[] = {6, strlen(keys[i]), strlen(ttl)};
-        if (bm_redis_append(r, 2, incr, il) != BM_OK || bm_redis_append(r, 3, exp, el) != BM_OK) {
+        size_t fl[] = {strlen(first[0]), strlen(keys[i])};
+        size_t el[] = {6, strlen(keys[i]), strlen(ttl)};
+        if (bm_redis_append(r, 2, first, fl) != BM_OK ||
+            (incr && bm_redis_append(r, 3, exp, el) != BM_OK)) {
             fail(a, "append");
             return BM_EIO;
         }
@@ -102,21 +123,33 @@ int bm_attempts_begin(struct bm_attempts *a, const char *const *keys, long long 
     for (size_t i = 0; i < n; i++) {
         if (keys[i][0] == '\0')
             continue;
-        struct bm_redis_reply *incr = NULL, *exp = NULL;
-        int rc = bm_redis_get_reply(r, &incr);
-        int rc2 = bm_redis_get_reply(r, &exp);
-        if (rc == BM_OK && incr->type == BM_REDIS_INTEGER)
-            counts[i] = incr->integer;
-        bm_redis_reply_free(incr);
-        bm_redis_reply_free(exp);
-        if ((rc != BM_OK && rc != BM_EREDIS) || (rc2 != BM_OK && rc2 != BM_EREDIS)) {
-            fail(a, "incr");
-            for (size_t k = 0; k < n; k++)
-                counts[k] = 0;
-            return BM_EIO;
+        for (size_t k = 0; k < per_key; k++) {
+            struct bm_redis_reply *rep = NULL;
+            int rc = bm_redis_get_reply(r, &rep);
+            if (rc == BM_OK && k == 0)
+                counts[i] = count_of(rep);
+            bm_redis_reply_free(rep);
+            if (rc != BM_OK && rc != BM_EREDIS) {
+                fail(a, incr ? "incr" : "get");
+                for (size_t j = 0; j < n; j++)
+                    counts[j] = 0;
+                return BM_EIO;
+            }
         }
     }
     return BM_OK;
+}
+
+int bm_attempts_peek(struct bm_attempts *a, const char *const *keys, long long *counts,
+                     size_t n)
+{
+    return count_keys(a, keys, counts, n, 0);
+}
+
+int bm_attempts_begin(struct bm_attempts *a, const char *const *keys, long long *counts,
+                      size_t n)
+{
+    return count_keys(a, keys, counts, n, 1);
 }
 
 int bm_attempts_done(struct bm_attempts *a, const char *key)

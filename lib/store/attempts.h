@@ -35,10 +35,19 @@ struct bm_attempts *bm_attempts_new(const struct bm_conf *conf, const char *what
 /* Close the connection and free. NULL is fine. */
 void bm_attempts_free(struct bm_attempts *a);
 
+/* Read the count of each non-empty keys[i] without counting: counts[i] is
+ * the number of attempts that never returned (0 when none, or unknown:
+ * Redis unreachable or the key empty). Lets a caller decide which work to
+ * start before charging it. Returns BM_OK, or BM_EIO when Redis could not
+ * be asked (every count 0). */
+int bm_attempts_peek(struct bm_attempts *a, const char *const *keys, long long *counts,
+                     size_t n);
+
 /* Count one more attempt of each non-empty keys[i]: counts[i] is the count
  * including this attempt, or 0 when unknown (Redis unreachable or the key
- * empty). Returns BM_OK, or BM_EIO when Redis could not be asked (every
- * count 0). */
+ * empty). The DELs queued before are sent and read first, so the work they
+ * clear is not charged if this attempt crashes. Returns BM_OK, or BM_EIO
+ * when Redis could not be asked (every count 0). */
 int bm_attempts_begin(struct bm_attempts *a, const char *const *keys, long long *counts,
                       size_t n);
 

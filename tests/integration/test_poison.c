@@ -11,11 +11,15 @@
  *    (each shard answers "not here"; the aggregator maps it), and VERIFY of
  *    an enrolled subject still ends OK;
  *  - a poison task: a job whose shard-1 task aborts the worker as it starts
- *    scoring. The test restarts the worker after each crash, as a
- *    supervisor would. The worker crashes exactly worker.max_task_attempts
- *    (3) times, then shard 1 answers POISON and the job ends PARTIAL with
- *    POISON naming shard 1 (shard 0's candidates kept); the worker stays up
- *    and answers the next job;
+ *    scoring, submitted right before valid jobs (batched with it, and
+ *    redelivered with it after each crash) and followed by more valid jobs
+ *    once it crashed the worker. The test restarts the worker after each
+ *    crash, as a supervisor would. The worker crashes exactly
+ *    worker.max_task_attempts (3) times, then shard 1 answers POISON and the
+ *    job ends PARTIAL with POISON naming shard 1 (shard 0's candidates
+ *    kept), while every valid job ends OK with its mate first: only the
+ *    task that crashes is quarantined. The worker stays up and answers the
+ *    next job;
  *  - a poison job in the aggregator: a job whose result aborts the
  *    coordinator as the aggregator starts producing it (a crash replays its
  *    partials, so it would crash forever). The test restarts the
@@ -35,6 +39,8 @@
 #define MAX_ATTEMPTS 3
 #define CLOCK_AHEAD_MS 10000
 #define WAIT_MS 120000
+#define VALID_WITH 5                 /* valid jobs submitted right after the poison one */
+#define VALID_AFTER 4                /* valid jobs submitted once it crashed the worker */
 
 static struct gt g;
 static char t_jobs[BM_TOPIC_MAX], t_tasks[BM_TOPIC_MAX], t_partials[BM_TOPIC_MAX];
@@ -142,7 +148,7 @@ static void write_configs(void)
             "http:\n  enabled: true\n  bind: 127.0.0.1\n  port: %d\nlog:\n  level: info\n"
             "max_clock_skew_ms: 15000\n"
             "worker:\n  galleries: [%s]\n  threads: 1\n  max_task_attempts: %d\n"
-            "  refresh_interval_ms: 200\n  drain_timeout_ms: 5000\n"
+            "  refresh_interval_ms: 200\n  drain_timeout_ms: 5000\n  batch_max_wait_ms: 100\n"
             "kafka:\n  session.timeout.ms: \"6000\"\n  heartbeat.interval.ms: \"500\"\n",
             (int)getpid(), g.prefix, bm_test_env("BIOMATCH_KAFKA_BROKERS"),
             bm_test_env("BIOMATCH_REDIS_URL"), http_port, g.gallery, MAX_ATTEMPTS);
@@ -248,13 +254,17 @@ static void submit(const char *job_id, const char *claimed, int mate, int64_t de
     assert_int_equal(failed, 0);
 }
 
-/* The first result of 'job_id' (caller frees), restarting a crashed worker
- * while waiting. */
-static Biomatch__V1__MatchResult *await_result(const char *job_id, int timeout_ms)
+/* The first result of each of the 'n' jobs 'ids' into 'out' (caller frees
+ * them), restarting a crashed worker while waiting. */
+static void await_results(const char *const *ids, size_t n, Biomatch__V1__MatchResult **out,
+                          int timeout_ms)
 {
     char err[256];
+    size_t missing = n;
+    for (size_t i = 0; i < n; i++)
+        out[i] = NULL;
     int64_t end = bm_test_now_ms() + timeout_ms;
-    while (bm_test_now_ms() < end) {
+    while (missing > 0 && bm_test_now_ms() < end) {
         supervise();
         struct bm_bus_msg *m = NULL;
         if (bm_consumer_poll(results_c, 200, &m, err, sizeof err) != BM_OK)
@@ -262,12 +272,27 @@ static Biomatch__V1__MatchResult *await_result(const char *job_id, int timeout_m
         Biomatch__V1__MatchResult *r =
             bm_wire_decode_result(m->value, m->valuelen, 1 << 20, err, sizeof err);
         bm_bus_msg_free(m);
-        if (r != NULL && strcmp(r->job_id, job_id) == 0)
-            return r;
+        for (size_t i = 0; r != NULL && i < n; i++) {
+            if (out[i] == NULL && strcmp(r->job_id, ids[i]) == 0) {
+                out[i] = r;
+                r = NULL;
+                missing--;
+            }
+        }
         bm_wire_free_result(r);
     }
-    fail_msg("no result for %s within %d ms", job_id, timeout_ms);
-    return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (out[i] == NULL)
+            fail_msg("no result for %s within %d ms", ids[i], timeout_ms);
+}
+
+/* The first result of 'job_id' (caller frees), restarting a crashed worker
+ * while waiting. */
+static Biomatch__V1__MatchResult *await_result(const char *job_id, int timeout_ms)
+{
+    Biomatch__V1__MatchResult *r = NULL;
+    await_results(&job_id, 1, &r, timeout_ms);
+    return r;
 }
 
 static void job_id(char *buf, size_t len, const char *what)
@@ -353,13 +378,45 @@ static void expect_still_up(const pid_t *pid, const int *crash_count)
     assert_int_equal(waitpid(*pid, NULL, WNOHANG), 0); /* still running */
 }
 
+/* Submit a valid IDENTIFY job whose probe is person-<mate>'s vector. */
+static void submit_valid(char *id, size_t len, int mate)
+{
+    job_id(id, len, "valid");
+    submit(id, NULL, mate, 90000);
+}
+
 static void test_poison_task_quarantined(void **state)
 {
     (void)state;
-    char id[160];
+    enum { NVALID = VALID_WITH + VALID_AFTER };
+    char id[160], valid[NVALID][160];
+    const char *ids[1 + NVALID];
+    Biomatch__V1__MatchResult *res[1 + NVALID];
     /* fault.h: "bm-fault-abort-s1" aborts the worker on shard 1's task only. */
     snprintf(id, sizeof id, "bm-fault-abort-s1-%s", g.gallery);
-    Biomatch__V1__MatchResult *r = await_quarantined(id, &crashes);
+    ids[0] = id;
+    crashes = 0;
+    int64_t t0 = bm_test_now_ms();
+    submit(id, NULL, 7, 90000);
+    for (int i = 0; i < VALID_WITH; i++)
+        submit_valid(valid[i], sizeof valid[i], 10 + i);
+    int64_t end = bm_test_now_ms() + WAIT_MS;
+    while (crashes == 0 && bm_test_now_ms() < end) {
+        supervise();
+        usleep(50 * 1000);
+    }
+    assert_true(crashes > 0);
+    for (int i = VALID_WITH; i < NVALID; i++)
+        submit_valid(valid[i], sizeof valid[i], 10 + i);
+    for (int i = 0; i < NVALID; i++)
+        ids[1 + i] = valid[i];
+    await_results(ids, 1 + NVALID, res, WAIT_MS);
+
+    Biomatch__V1__MatchResult *r = res[0];
+    printf("# %s: status %d code %d '%s' after %d crashes, %lld ms\n", id, r->status,
+           r->error_code, r->error, crashes, (long long)(bm_test_now_ms() - t0));
+    assert_int_equal(crashes, MAX_ATTEMPTS);
+    assert_int_equal(r->error_code, BIOMATCH__V1__ERROR_CODE__ERROR_CODE_POISON);
     assert_int_equal(r->status, BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_PARTIAL);
     assert_non_null(strstr(r->error, "shard 1"));
     assert_int_equal(r->shards_answered, 1);
@@ -370,6 +427,26 @@ static void test_poison_task_quarantined(void **state)
         assert_string_equal(r->candidates[0]->subject_id, "person-7");
     }
     bm_wire_free_result(r);
+
+    /* Batched or redelivered with the poison task, never charged for it. */
+    int bad = 0;
+    for (int i = 0; i < NVALID; i++) {
+        r = res[1 + i];
+        char mate[32];
+        snprintf(mate, sizeof mate, "person-%d", 10 + i);
+        int ok = r->status == BIOMATCH__V1__RESULT_STATUS__RESULT_STATUS_OK &&
+                 r->shards_answered == S && r->n_candidates > 0 &&
+                 strcmp(r->candidates[0]->subject_id, mate) == 0;
+        if (!ok) {
+            printf("# %s: status %d code %d '%s', %u of %u shards\n", r->job_id, r->status,
+                   r->error_code, r->error, r->shards_answered, r->shards_total);
+            bad++;
+        }
+        bm_wire_free_result(r);
+    }
+    if (bad > 0)
+        fail_msg("%d of %d valid jobs submitted with the poison one did not end OK with their "
+                 "mate", bad, NVALID);
 
     /* The worker that answered POISON is still up, and serves. */
     expect_still_up(&worker, &crashes);
