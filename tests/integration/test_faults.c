@@ -215,7 +215,7 @@ static void test_intake_garbage_and_too_large(void **state)
     /* The job after them was fanned out: intake went on. */
     n = th_collect(&e, t.partials, 1, 1, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 1);
-    assert_string_equal(recs[0].key, "after");
+    assert_string_equal(recs[0].key, "8:agency-aafter"); /* (agency, job id) */
     th_free(recs, n);
     assert_true(role_alive(&e));
     assert_int_equal(th_stop(&e), BM_OK);
@@ -291,7 +291,7 @@ static void test_intake_rides_out_redis(void **state)
     static struct th_rec recs[TH_MAX_RECS];
     size_t n = th_collect(&e, t.partials, 1, 1, 0, recs, TH_MAX_RECS);
     assert_int_equal(n, 1);
-    assert_string_equal(recs[0].key, "during-outage");
+    assert_string_equal(recs[0].key, "8:agency-aduring-outage");
     th_free(recs, n);
     assert_true(role_alive(&e));
     assert_int_equal(th_stop(&e), BM_OK);
@@ -345,6 +345,7 @@ static void send_shard(struct bm_producer *p, const char *topic, const char *id,
     m.candidates = cp;
     m.gallery_version = 1;
     m.worker = (char *)"w1";
+    m.agency = (char *)"agency-a"; /* jobs are keyed by (agency, job id) */
     th_send_partial(p, topic, &m);
     free(ids);
     free(cp);
@@ -356,11 +357,13 @@ static Biomatch__V1__MatchResult *result_of(struct th_env *e, const char *topic,
 {
     static struct th_rec recs[TH_MAX_RECS];
     Biomatch__V1__MatchResult *found = NULL;
+    char key[BM_WIRE_JOB_KEY_MAX]; /* results are keyed by (agency, job id) */
+    bm_wire_job_key("agency-a", id, key, sizeof key);
     int64_t end = bm_test_now_ms() + TH_WAIT_MS;
     while (found == NULL && bm_test_now_ms() < end) {
         size_t n = th_collect(e, topic, 1, -1, 1500, recs, TH_MAX_RECS);
         for (size_t i = 0; i < n && found == NULL; i++)
-            if (strcmp(recs[i].key, id) == 0)
+            if (strcmp(recs[i].key, key) == 0)
                 found = decode_result(&recs[i]);
         th_free(recs, n);
     }
