@@ -66,6 +66,7 @@ struct resp_gate {
     int depth;                  /* open non-empty arrays */
     enum gate_state state;
     char type;                  /* type byte of the element being read */
+    bool line_cr;               /* G_SKIPLINE: the last byte scanned was '\r' */
     char line[24];              /* header line of ':', '$', '*' (no '\n') */
     size_t linelen;
     unsigned long long skip;    /* G_BULK: payload + CRLF bytes still to pass */
@@ -199,6 +200,7 @@ static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *o
             start = i;
             if (t == '+' || t == '-') {
                 g->state = G_SKIPLINE;
+                g->line_cr = false;
             } else if (t == ':' || t == '$' || t == '*') {
                 g->state = G_LINE;
                 g->linelen = 0;
@@ -215,16 +217,25 @@ static int gate_scan(struct resp_gate *g, const char *buf, size_t len, size_t *o
             break;
         }
         case G_SKIPLINE: {
+            /* hiredis ends a status line at the first CRLF; a bare '\n'
+             * would end it here but not there, and the two would then
+             * disagree on where every later element starts (and on which
+             * reply the element limit applies to). So refuse it. */
             const char *nl = memchr(buf + i, '\n', len - i);
             size_t n = nl != NULL ? (size_t)(nl - (buf + i)) + 1 : len - i;
+            bool cr_before_nl = nl != NULL && (nl > buf + i ? nl[-1] == '\r' : g->line_cr);
             g->bytes += n;
             i += n;
             if (g->bytes > g->max_bytes)
                 rc = bm_seterr(msg, msglen, BM_ERANGE,
                                "reply refused: status line over the %zu-byte reply limit",
                                g->max_bytes);
+            else if (nl != NULL && !cr_before_nl)
+                rc = bm_seterr(msg, msglen, BM_EPROTO, "status line not ended by CRLF");
             else if (nl != NULL)
                 gate_elem_done(g);
+            else
+                g->line_cr = buf[i - 1] == '\r';
             break;
         }
         case G_LINE: {
